@@ -1,0 +1,108 @@
+"""Every setting of a TD3 run, validated once, with the paper's defaults.
+
+Pydantic models (no torch import) so the API reuses them as its job schema and
+the worker, the CLI and the library all read one definition.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EvaluationName = Literal["summary", "full", "random-users", "random-interactions", "longest"]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Settings):
+    """SASRec size; defaults are the authors' scripts (hidden 32, 1 head, 1 layer)."""
+
+    hidden: int = Field(32, ge=4, le=1024)
+    heads: int = Field(1, ge=1, le=16)
+    layers: int = Field(1, ge=1, le=8)
+    inner: int = Field(64, ge=4, le=4096)
+    attn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    hidden_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TrainConfig(_Settings):
+    """The one training recipe every model gets (teacher, baselines, summary learners):
+    Adam, validation MRR@10 every `eval_every` steps, early stop after `patience`
+    evaluations without improvement, at most `max_steps` steps."""
+
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(256, ge=1, le=65536)
+    max_steps: int = Field(3000, ge=1, le=10_000_000)
+    eval_every: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class DistillConfig(_Settings):
+    """Algorithm 1 with RaT-BPTT; defaults from the paper and REFERENCE.md §1."""
+
+    users: int = Field(..., ge=1, le=100_000, description="mu: synthetic users")
+    length: int = Field(..., ge=2, le=4096, description="zeta: synthetic sequence length")
+    rank: int = Field(8, ge=1, le=512, description="d1 = d2 of the Tucker core")
+    temperature: float = Field(1.0, gt=0.0)
+    epochs: int = Field(30, ge=1, le=10_000, description="passes over the real training samples")
+    inner_steps: int = Field(200, ge=1, le=100_000, description="N: inner steps per outer step")
+    window: int = Field(40, ge=1, le=100_000, description="W: differentiable inner steps")
+    inner_lr: float = Field(0.005, gt=0.0)
+    inner_weight_decay: float = Field(5e-5, ge=0.0)
+    outer_lr: float = Field(0.01, gt=0.0)
+    outer_weight_decay: float = Field(1e-4, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    synthetic_batch: int = Field(20, ge=1)
+    real_batch: int = Field(1024, ge=1)
+    alt: bool = Field(True, description="augmented learner training (inner loss)")
+    fsa: bool = Field(True, description="feature space alignment (outer loss)")
+    fsa_weight: float = Field(1.0, ge=0.0)
+    learner_draw: Literal["step", "epoch"] = Field(
+        "step", description="'step': a fresh pool learner every outer step (paper); "
+        "'epoch': once per epoch, kept training in between (authors' code)"
+    )
+    pool_first_epoch: int = Field(5, ge=1)
+    pool_last_epoch: int = Field(30, ge=1)
+    select_steps: int = Field(200, ge=1, description="learner steps on the summary to pick the best one")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.window > self.inner_steps:
+            raise ValueError(f"window ({self.window}) must not exceed inner_steps ({self.inner_steps})")
+        if self.alt and self.length < 7:
+            raise ValueError("alt (augmented learner training) needs length >= 7; set alt=false")
+        if self.pool_first_epoch > self.pool_last_epoch:
+            raise ValueError("pool_first_epoch must not exceed pool_last_epoch")
+        return self
+
+
+class JobConfig(_Settings):
+    """A whole job: split -> teacher -> distillation -> evaluation."""
+
+    distill: DistillConfig
+    model: ModelConfig = ModelConfig()
+    teacher: TrainConfig = TrainConfig()
+    learner: TrainConfig = TrainConfig(lr=0.005, batch_size=20, max_steps=200, eval_every=20)
+    max_len: int | None = Field(None, ge=2, le=4096, description="history length; default: length")
+    evaluations: list[EvaluationName] = ["summary", "full", "random-users"]
+    eval_seeds: int = Field(1, ge=1, le=10, description="learners trained per evaluated data")
+    negatives_seed: int = Field(0, ge=0)
+    paper_compatible: bool = Field(
+        False, description="also report learners started from the teacher's item embeddings (leaky)"
+    )
+
+    @property
+    def history_length(self) -> int:
+        return self.max_len or self.distill.length

@@ -1,0 +1,66 @@
+"""The dataset type: users' chronological histories (numpy only, no torch,
+so the API can parse uploads without loading torch).
+
+Internal item ids run 1..n_items; 0 is the padding id. Internal user ids run
+0..n_users-1 and index `SequenceDataset.sequences`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """The columns of the paper's Table 1."""
+
+    users: int
+    items: int
+    interactions: int
+    avg_length: float
+    sparsity: float  # percent of the user x item matrix that is empty
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "users": self.users,
+            "items": self.items,
+            "interactions": self.interactions,
+            "avg_length": self.avg_length,
+            "sparsity": self.sparsity,
+        }
+
+
+@dataclass
+class SequenceDataset:
+    """Users' chronological item histories after preprocessing.
+
+    `item_ids[k]` is the original id of internal item k (`item_ids[0] is None`:
+    padding). `sequences[u]` holds internal item ids of user u in time order.
+    """
+
+    item_ids: list[str | None]
+    user_ids: list[str]
+    sequences: list[np.ndarray]  # int64 arrays, values in 1..n_items
+    source_sha256: str = ""
+    preprocessing: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def stats(self) -> DatasetStats:
+        interactions = int(sum(len(s) for s in self.sequences))
+        users, items = self.n_users, self.n_items
+        return DatasetStats(
+            users=users,
+            items=items,
+            interactions=interactions,
+            avg_length=interactions / users if users else 0.0,
+            sparsity=100.0 * (1.0 - interactions / (users * items)) if users and items else 100.0,
+        )
