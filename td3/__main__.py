@@ -1,0 +1,5 @@
+import sys
+
+from td3.cli import main
+
+sys.exit(main())
