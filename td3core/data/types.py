@@ -12,6 +12,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass
+class Interactions:
+    """Raw (user, item, time[, rating]) rows as read from a file, in file order.
+
+    Ids stay the original strings; `sha256` is over the file's raw bytes (before
+    any gunzip), so a dataset can name exactly what it was built from.
+    """
+
+    users: list[str]
+    items: list[str]
+    timestamps: np.ndarray  # float64 [N]
+    ratings: np.ndarray | None = None  # float64 [N] when the file has a rating column
+    source: str = ""
+    sha256: str = ""
+    fmt: str = ""  # the format the reader used (after "auto" detection)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
 @dataclass(frozen=True)
 class DatasetStats:
     """The columns of the paper's Table 1."""
