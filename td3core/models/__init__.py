@@ -1,0 +1,5 @@
+"""Sequential recommenders."""
+
+from td3core.models.sasrec import SASRec
+
+__all__ = ["SASRec"]

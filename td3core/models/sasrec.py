@@ -1,0 +1,188 @@
+"""SASRec (Kang & McAuley 2018) as RecBole 1.2.1 builds it.
+
+Post-LayerNorm transformer blocks, learned position embeddings, GELU, N(0, 0.02)
+init and a tied output layer (logits = features @ E^T). The model reads either
+right-padded item ids or soft item distributions (a distilled summary), and is
+plain tensor code so `torch.func.functional_call`, `vmap` and double backward work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from td3core.config import ModelConfig
+
+# Added to masked attention scores. Finite on purpose: -inf on a row with nothing
+# to attend to gives NaN, which then ranks as a hit (REFERENCE.md §2, the NaN trap).
+MASK_VALUE = -10000.0
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention + dropout + residual + LayerNorm (post-LN)."""
+
+    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float,
+                 eps: float):
+        super().__init__()
+        assert hidden % heads == 0, f"hidden ({hidden}) must be divisible by heads ({heads})"
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # x: [B, L, H]; mask: [B, 1, L, L] additive (0 or MASK_VALUE)
+        B, L, H = x.shape
+        d = H // self.heads
+
+        def split(t: Tensor) -> Tensor:  # [B, L, H] -> [B, heads, L, d]
+            return t.view(B, L, self.heads, d).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + mask  # [B, heads, L, L]
+        attn = self.attn_dropout(torch.softmax(scores, dim=-1))
+        context = (attn @ v).transpose(1, 2).reshape(B, L, H)  # [B, L, H]
+        return self.norm(self.out_dropout(self.dense(context)) + x)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP with GELU + dropout + residual + LayerNorm (post-LN)."""
+
+    def __init__(self, hidden: int, inner: int, hidden_dropout: float, eps: float):
+        super().__init__()
+        self.dense_1 = nn.Linear(hidden, inner)
+        self.dense_2 = nn.Linear(inner, hidden)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.dense_2(F.gelu(self.dense_1(x)))
+        return self.norm(self.dropout(h) + x)
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, inner: int, attn_dropout: float,
+                 hidden_dropout: float, eps: float):
+        super().__init__()
+        self.attention = SelfAttention(hidden, heads, attn_dropout, hidden_dropout, eps)
+        self.feed_forward = FeedForward(hidden, inner, hidden_dropout, eps)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.feed_forward(self.attention(x, mask))
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, max_len: int, hidden: int = 32, heads: int = 1,
+                 layers: int = 1, inner: int = 64, attn_dropout: float = 0.5,
+                 hidden_dropout: float = 0.2, eps: float = 1e-12):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = max_len
+        self.hidden = hidden
+        self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.blocks = nn.ModuleList(
+            Block(hidden, heads, inner, attn_dropout, hidden_dropout, eps) for _ in range(layers)
+        )
+        self.apply(self._init_weights)
+
+    @classmethod
+    def from_config(cls, n_items: int, max_len: int, cfg: ModelConfig) -> SASRec:
+        return cls(n_items, max_len, hidden=cfg.hidden, heads=cfg.heads, layers=cfg.layers,
+                   inner=cfg.inner, attn_dropout=cfg.attn_dropout,
+                   hidden_dropout=cfg.hidden_dropout)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # RecBole's init: the padding row is drawn too (it never receives a gradient).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def sequence_features(self, items: Tensor | None = None, lengths: Tensor | None = None,
+                          probs: Tensor | None = None) -> Tensor:
+        """Last-layer hidden states [B, L, H].
+
+        items: [B, L] right-padded ids (0 = padding); valid positions are `< lengths`
+        when lengths [B] is given, else `items != 0`.
+        probs: [B, L, n_items+1] soft item distributions; input = probs @ E with E this
+        model's own item table; every position is valid unless lengths is given.
+        """
+        if (items is None) == (probs is None):
+            raise ValueError("pass exactly one of items or probs")
+        if items is not None:
+            emb = self.item_embedding(items)  # [B, L, H]
+        else:
+            assert probs is not None
+            if probs.shape[-1] != self.n_items + 1:
+                raise ValueError(f"probs has {probs.shape[-1]} columns, expected "
+                                 f"n_items + 1 = {self.n_items + 1}")
+            emb = probs @ self.item_embedding.weight  # [B, L, n+1] @ [n+1, H] -> [B, L, H]
+        B, L, _ = emb.shape
+        if emb.shape[1] > self.max_len:
+            raise ValueError(f"input length {L} exceeds max_len {self.max_len} "
+                             "(the model has no position embedding beyond it)")
+        positions = torch.arange(L, device=emb.device)
+        x = self.dropout(self.norm(emb + self.position_embedding(positions)))
+
+        if lengths is not None:
+            valid = positions < lengths.unsqueeze(-1)  # [B, L]
+        elif items is not None:
+            valid = items != 0
+        else:
+            valid = torch.ones(B, L, dtype=torch.bool, device=emb.device)
+        causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
+        allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
+        mask = torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
+
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+    @staticmethod
+    def gather_last(features: Tensor, lengths: Tensor) -> Tensor:
+        """[B, L, H] -> [B, H] at positions lengths - 1."""
+        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, features.shape[-1])  # [B, 1, H]
+        return features.gather(1, index).squeeze(1)
+
+    def last_features(self, items: Tensor, lengths: Tensor) -> Tensor:
+        """Hidden state at the last valid position: [B, H]."""
+        return self.gather_last(self.sequence_features(items, lengths), lengths)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Tied output layer: [..., H] -> [..., n_items+1] (column 0 is padding)."""
+        return features @ self.item_embedding.weight.T
+
+    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
+
+    def forward(self, items: Tensor | None = None, lengths: Tensor | None = None,
+                probs: Tensor | None = None,
+                output: Literal["features", "last", "logits", "scores"] = "features") -> Tensor:
+        """One entry point for `torch.func.functional_call`, which only calls forward.
+
+        "features" [B, L, H] and "logits" [B, L, n+1] cover every position; "last"
+        [B, H] and "scores" [B, n+1] the last valid one (lengths - 1, or L - 1 when
+        lengths is None).
+        """
+        features = self.sequence_features(items, lengths, probs)  # [B, L, H]
+        if output in ("last", "scores"):
+            features = (features[:, -1] if lengths is None
+                        else self.gather_last(features, lengths))
+        if output in ("logits", "scores"):
+            return self.logits(features)
+        return features
