@@ -60,6 +60,7 @@ class DistillConfig(_Settings):
     window: int = Field(40, ge=1, le=100_000, description="W: differentiable inner steps")
     inner_lr: float = Field(0.005, gt=0.0)
     inner_weight_decay: float = Field(5e-5, ge=0.0)
+    inner_eps: float = Field(1e-8, gt=0.0, description="Adam epsilon of the inner learner")
     outer_lr: float = Field(0.01, gt=0.0)
     outer_weight_decay: float = Field(1e-4, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
@@ -69,20 +70,33 @@ class DistillConfig(_Settings):
     fsa: bool = Field(True, description="feature space alignment (outer loss)")
     fsa_weight: float = Field(1.0, ge=0.0)
     learner_draw: Literal["step", "epoch"] = Field(
-        "step", description="'step': a fresh pool learner every outer step (paper); "
-        "'epoch': once per epoch, kept training in between (authors' code)"
+        "step",
+        description="'step': a fresh pool learner every outer step (paper); "
+        "'epoch': once per epoch, kept training in between (authors' code)",
     )
     pool_first_epoch: int = Field(5, ge=1)
     pool_last_epoch: int = Field(30, ge=1)
-    select_steps: int = Field(200, ge=1, description="learner steps on the summary to pick the best one")
+    select_steps: int = Field(
+        200, ge=1, description="learner steps on the summary to pick the best one"
+    )
+    backend: Literal["func", "higher"] = Field(
+        "func",
+        description="differentiable inner loop: torch.func (default) or the `higher` package",
+    )
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
         if self.window > self.inner_steps:
-            raise ValueError(f"window ({self.window}) must not exceed inner_steps ({self.inner_steps})")
+            raise ValueError(
+                f"window ({self.window}) must not exceed inner_steps ({self.inner_steps})"
+            )
         if self.alt and self.length < 7:
             raise ValueError("alt (augmented learner training) needs length >= 7; set alt=false")
+        if self.backend == "higher" and self.learner_draw == "epoch":
+            raise ValueError(
+                "the 'higher' backend is a cross-check and supports learner_draw='step' only"
+            )
         if self.pool_first_epoch > self.pool_last_epoch:
             raise ValueError("pool_first_epoch must not exceed pool_last_epoch")
         return self

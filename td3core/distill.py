@@ -1,0 +1,470 @@
+"""TD3's bi-level distillation (paper Algorithm 1) with RaT-BPTT.
+
+Each outer step: draw a learner from the teacher's checkpoint pool, run c ~ U{0..N-W}
+ordinary inner Adam steps on the summary, then W differentiable steps that continue
+the Adam moments, and update (G, U, T) with the gradient of
+CE(real batch) + FSA(teacher features) taken through those W steps.
+
+Every random choice of outer step s comes from generators seeded by (seed, s), so
+the counters are the whole RNG state: a run stopped after any step and resumed
+from `state_bytes()` continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from td3core.config import DistillConfig, ModelConfig, TrainConfig
+from td3core.data.samples import Split
+from td3core.errors import Cancelled, ConfigError, DataError
+from td3core.inner import summary_loss
+from td3core.models.sasrec import SASRec
+from td3core.optim import AdamState, Params, adam_step
+from td3core.serialization import read_metadata
+from td3core.summary import TuckerSummary
+from td3core.teacher import Teacher
+
+STATE_FORMAT = "td3-distill-state/1"
+
+
+@dataclass
+class DistillProgress:
+    epoch: int  # 1-based epoch the step belongs to
+    step: int  # outer steps done
+    total: int
+    losses: dict[str, float]
+    eta_seconds: float | None
+
+
+@dataclass
+class DistillResult:
+    summary: TuckerSummary  # the best summary by validation MRR@10
+    best_epoch: int
+    best_valid_mrr10: float
+    curves: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class MetaLoss:
+    loss: Tensor  # differentiable w.r.t. the summary's factors
+    ce: Tensor
+    fsa: Tensor
+    plain_steps: int
+    params: Params  # the learner after the inner loop
+    adam: AdamState
+
+
+SelectFn = Callable[[TuckerSummary], float]
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2))) & (2**63 - 1)
+    return value
+
+
+class _Apply(nn.Module):
+    """Runs any function of the learner under substituted parameters
+    (`torch.func.functional_call` and `higher` both patch `forward`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[nn.Module], Tensor]) -> Tensor:
+        return fn(self.model)
+
+
+class Distiller:
+    def __init__(
+        self,
+        config: DistillConfig,
+        split: Split,
+        teacher: Teacher,
+        model_config: ModelConfig,
+        *,
+        select: SelectFn,
+        device: str | torch.device = "cpu",
+    ):
+        if not teacher.pool:
+            raise ConfigError("the teacher has no checkpoint pool to draw learners from")
+        if config.length - 1 > split.max_len:
+            raise ConfigError(
+                f"length {config.length} needs max_len >= {config.length - 1} (got {split.max_len})"
+            )
+        self.config = config
+        self.split = split
+        self.device = torch.device(device)
+        self.select = select
+        self.pool = [{k: v.to(self.device) for k, v in state.items()} for state in teacher.pool]
+        self.train = split.train.to(self.device)
+        self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
+        self.learner = _Apply(SASRec.from_config(split.n_items, split.max_len, model_config))
+        self.learner.to(self.device).train()  # dropout stays on in the inner loop
+        self.param_names = [name for name, _ in self.learner.model.named_parameters()]
+
+        init = torch.Generator().manual_seed(seed_for(config.seed, 0xC0DE))
+        self.summary = TuckerSummary(
+            config.users,
+            config.length,
+            config.rank,
+            teacher.item_embeddings.cpu(),
+            temperature=config.temperature,
+            generator=init,
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.summary.parameters(), lr=config.outer_lr, weight_decay=config.outer_weight_decay
+        )
+        self.steps_per_epoch = math.ceil(len(split.train) / config.real_batch)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total_steps
+        )
+        self.step = 0
+        self.curves: list[dict] = []
+        self.best_metric = -1.0
+        self.best_epoch = 0
+        self.best_factors = self._factors()
+        self._carried: tuple[Params, AdamState] | None = None  # learner_draw="epoch" only
+        self._epoch_losses: list[dict[str, float]] = []
+        n_batches = math.ceil(config.users / config.synthetic_batch)
+        self.synthetic_batches = [
+            torch.arange(
+                b * config.synthetic_batch,
+                min((b + 1) * config.synthetic_batch, config.users),
+                device=self.device,
+            )
+            for b in range(n_batches)
+        ]
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        *,
+        on_progress: Callable[[DistillProgress], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_checkpoint: Callable[[bytes], None] | None = None,
+        checkpoint_every: int = 10,
+        stop_after: int | None = None,
+    ) -> DistillResult:
+        """Run (or continue) to the end. `stop_after` stops after that many outer
+        steps in total (used to test resumption)."""
+        started, done_at_start = time.perf_counter(), self.step
+        while self.step < self.total_steps:
+            if stop_after is not None and self.step >= stop_after:
+                break
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("distillation cancelled")
+            losses = self.outer_step()
+            if self.step % self.steps_per_epoch == 0:
+                self._end_epoch()
+            if on_progress is not None:
+                rate = (time.perf_counter() - started) / (self.step - done_at_start)
+                on_progress(
+                    DistillProgress(
+                        epoch=(self.step - 1) // self.steps_per_epoch + 1,
+                        step=self.step,
+                        total=self.total_steps,
+                        losses=losses,
+                        eta_seconds=rate * (self.total_steps - self.step),
+                    )
+                )
+            if on_checkpoint is not None and (
+                self.step % checkpoint_every == 0 or self.step == self.total_steps
+            ):
+                on_checkpoint(self.state_bytes())
+        return self.result(seconds=time.perf_counter() - started)
+
+    def result(self, seconds: float = 0.0) -> DistillResult:
+        return DistillResult(
+            self._summary_from(self.best_factors),
+            self.best_epoch,
+            self.best_metric,
+            list(self.curves),
+            seconds,
+        )
+
+    def _summary_from(self, factors: dict[str, Tensor]) -> TuckerSummary:
+        """A detached CPU summary holding `factors`."""
+        summary = TuckerSummary(
+            self.config.users,
+            self.config.length,
+            self.config.rank,
+            self.summary.V.cpu(),
+            temperature=self.config.temperature,
+        )
+        with torch.no_grad():
+            for name, value in factors.items():
+                getattr(summary, name).copy_(value)
+        return summary
+
+    def outer_step(self) -> dict[str, float]:
+        """One step of Algorithm 1: meta-gradient through the inner loop, then an
+        Adam update of (G, U, T)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        meta = self.meta_loss()
+        meta.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.summary.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if cfg.learner_draw == "epoch":
+            self._carried = ({k: v.detach() for k, v in meta.params.items()}, meta.adam.detached())
+        self.step += 1
+        losses = {
+            "outer": meta.loss.item(),
+            "ce": meta.ce.item(),
+            "fsa": meta.fsa.item(),
+            "grad_norm": float(grad_norm),
+            "plain_steps": float(meta.plain_steps),
+        }
+        self._epoch_losses.append(losses)
+        return losses
+
+    def meta_loss(self) -> MetaLoss:
+        """The outer loss of the current step as a function of (G, U, T), through
+        the W differentiable inner steps. Pure: calling it twice gives the same value."""
+        cfg, s = self.config, self.step
+        epoch, index = divmod(s, self.steps_per_epoch)
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, s))
+        real = self._real_batch(epoch, index)
+        params, adam = self._initial_learner(epoch, index, gen)
+        plain = int(torch.randint(0, cfg.inner_steps - cfg.window + 1, (1,), generator=gen))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed_for(cfg.seed, 2, s))  # dropout in this step
+            params, adam = self._plain_steps(params, adam, plain, gen)
+            params, adam = self._window(params, adam, gen)
+            ce, fsa = self._outer_loss(params, real)
+        loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
+        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, adam)
+
+    # ------------------------------------------------------------ the pieces
+    def _real_batch(self, epoch: int, index: int) -> Tensor:
+        order = torch.randperm(
+            len(self.train),
+            generator=torch.Generator().manual_seed(seed_for(self.config.seed, 3, epoch)),
+        )
+        start = index * self.config.real_batch
+        return order[start : start + self.config.real_batch].to(self.device)
+
+    def _initial_learner(
+        self, epoch: int, index: int, gen: torch.Generator
+    ) -> tuple[Params, AdamState]:
+        cfg = self.config
+        if cfg.learner_draw == "epoch" and index > 0 and self._carried is not None:
+            return self._carried
+        draw_gen = (
+            gen
+            if cfg.learner_draw == "step"
+            else torch.Generator().manual_seed(seed_for(cfg.seed, 4, epoch))
+        )
+        state = self.pool[int(torch.randint(len(self.pool), (1,), generator=draw_gen))]
+        params = {name: state[name].detach().clone() for name in self.param_names}
+        return params, AdamState.zeros_like(params)
+
+    def _learner_loss(
+        self, params: Params, users: Tensor, gen: torch.Generator, *, differentiable: bool
+    ) -> Tensor:
+        probs = self.summary.probs(users)
+        if not differentiable:
+            probs = probs.detach()
+        named = {f"model.{k}": v for k, v in params.items()}
+        return functional_call(
+            self.learner,
+            named,
+            (lambda m: summary_loss(m, probs, alt=self.config.alt, generator=gen),),
+        )
+
+    def _adam(self, params: Params, grads: tuple[Tensor, ...], adam: AdamState):
+        return adam_step(
+            params,
+            dict(zip(params, grads, strict=True)),
+            adam,
+            lr=self.config.inner_lr,
+            eps=self.config.inner_eps,
+            weight_decay=self.config.inner_weight_decay,
+        )
+
+    def _plain_steps(self, params: Params, adam: AdamState, count: int, gen: torch.Generator):
+        """Ordinary inner steps: no graph is kept, so they cost one backward each."""
+        for t in range(count):
+            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            users = self.synthetic_batches[t % len(self.synthetic_batches)]
+            loss = self._learner_loss(params, users, gen, differentiable=False)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            with torch.no_grad():
+                params, adam = self._adam(params, grads, adam)
+        return params, adam
+
+    def _window(self, params: Params, adam: AdamState, gen: torch.Generator):
+        """W differentiable steps continuing the (detached) Adam moments; the
+        synthetic batches restart at batch 0 as in the authors' code."""
+        if self.config.backend == "higher":
+            return self._window_higher(params, adam, gen)
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        adam = adam.detached()
+        for t in range(self.config.window):
+            users = self.synthetic_batches[t % len(self.synthetic_batches)]
+            loss = self._learner_loss(params, users, gen, differentiable=True)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params, adam = self._adam(params, grads, adam)
+        return params, adam
+
+    def _window_higher(self, params: Params, adam: AdamState, gen: torch.Generator):
+        """The same window through the `higher` package (cross-check backend)."""
+        import higher
+
+        with torch.no_grad():
+            for name, p in self.learner.model.named_parameters():
+                p.copy_(params[name])
+        # higher adds eps before the bias correction of the second moment,
+        # torch.optim.Adam (and ours) after it: the two agree to rounding only where
+        # eps is negligible against sqrt(v).
+        optimizer = torch.optim.Adam(
+            self.learner.parameters(),
+            lr=self.config.inner_lr,
+            eps=self.config.inner_eps,
+            weight_decay=self.config.inner_weight_decay,
+        )
+        if adam.step:
+            for name, p in self.learner.model.named_parameters():
+                optimizer.state[p] = {
+                    "step": torch.tensor(float(adam.step)),
+                    "exp_avg": adam.exp_avg[name].detach().clone(),
+                    "exp_avg_sq": adam.exp_avg_sq[name].detach().clone(),
+                }
+        with higher.innerloop_ctx(self.learner, optimizer, copy_initial_weights=True) as (
+            fmodel,
+            diffopt,
+        ):
+            for t in range(self.config.window):
+                users = self.synthetic_batches[t % len(self.synthetic_batches)]
+                probs = self.summary.probs(users)
+                loss = fmodel(
+                    lambda m, probs=probs: summary_loss(
+                        m, probs, alt=self.config.alt, generator=gen
+                    )
+                )
+                diffopt.step(loss)
+            final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
+        return final, adam
+
+    def _outer_loss(self, params: Params, index: Tensor) -> tuple[Tensor, Tensor]:
+        batch = self.train.select(index)
+        named = {f"model.{k}": v for k, v in params.items()}
+
+        def losses(m: SASRec) -> Tensor:
+            features = m.last_features(batch.history, batch.lengths)  # [B, H]
+            ce = F.cross_entropy(m.logits(features)[:, 1:], batch.targets - 1)
+            fsa = F.mse_loss(features, self.teacher_features[index])
+            return torch.stack([ce, fsa])
+
+        ce, fsa = functional_call(self.learner, named, (losses,))
+        return ce, fsa
+
+    def _end_epoch(self) -> None:
+        epoch = self.step // self.steps_per_epoch
+        current = self._factors()
+        metric = float(self.select(self._summary_from(current)))
+        mean = {
+            k: sum(d[k] for d in self._epoch_losses) / len(self._epoch_losses)
+            for k in self._epoch_losses[0]
+        }
+        self._epoch_losses = []
+        self.curves.append({"epoch": epoch, "valid_mrr10": metric, **mean})
+        if metric > self.best_metric:
+            self.best_metric, self.best_epoch, self.best_factors = metric, epoch, current
+
+    def _factors(self) -> dict[str, Tensor]:
+        return {k: getattr(self.summary, k).detach().cpu().clone() for k in ("G", "U", "T")}
+
+    # ------------------------------------------------------------ checkpoints
+    def state_bytes(self) -> bytes:
+        """Everything needed to continue: factors, optimiser, scheduler, counters,
+        best-so-far, curves and the carried learner (RNG streams derive from counters)."""
+        tensors = {f"summary.{k}": v for k, v in self._factors().items()}
+        tensors.update({f"best.{k}": v for k, v in self.best_factors.items()})
+        opt = self.optimizer.state_dict()
+        for i, state in opt["state"].items():
+            for key, value in state.items():
+                tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        carried_step = 0
+        if self._carried is not None:
+            params, adam = self._carried
+            carried_step = adam.step
+            for name in params:
+                tensors[f"carry.param.{name}"] = params[name].cpu()
+                tensors[f"carry.avg.{name}"] = adam.exp_avg[name].cpu()
+                tensors[f"carry.avg_sq.{name}"] = adam.exp_avg_sq[name].cpu()
+        meta = {
+            "format": STATE_FORMAT,
+            "config": self.config.model_dump_json(),
+            "step": str(self.step),
+            "best_metric": repr(self.best_metric),
+            "best_epoch": str(self.best_epoch),
+            "curves": json.dumps(self.curves),
+            "epoch_losses": json.dumps(self._epoch_losses),
+            "scheduler": json.dumps(self.scheduler.state_dict()),
+            "opt_param_groups": json.dumps(opt["param_groups"]),
+            "carried_step": str(carried_step),
+        }
+        return save_tensors({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+
+    def load_state_bytes(self, data: bytes) -> None:
+        tensors = load_tensors(data)
+        meta = read_metadata(data)
+        if meta.get("format") != STATE_FORMAT:
+            raise DataError(f"not a distillation checkpoint ({meta.get('format')!r})")
+        if meta["config"] != self.config.model_dump_json():
+            raise ConfigError("checkpoint was written with different distillation settings")
+        with torch.no_grad():
+            for k in ("G", "U", "T"):
+                getattr(self.summary, k).copy_(tensors[f"summary.{k}"])
+        self.best_factors = {k: tensors[f"best.{k}"] for k in ("G", "U", "T")}
+        opt_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = (
+                    value.to(self.device) if name != "step" else value
+                )
+        self.optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": json.loads(meta["opt_param_groups"])}
+        )
+        self.scheduler.load_state_dict(json.loads(meta["scheduler"]))
+        self.step = int(meta["step"])
+        self.best_metric = float(meta["best_metric"])
+        self.best_epoch = int(meta["best_epoch"])
+        self.curves = json.loads(meta["curves"])
+        self._epoch_losses = json.loads(meta["epoch_losses"])
+        carried_step = int(meta["carried_step"])
+        self._carried = None
+        if carried_step:
+
+            def part(prefix: str) -> Params:
+                return {n: tensors[f"{prefix}.{n}"].to(self.device) for n in self.param_names}
+
+            self._carried = (
+                part("carry.param"),
+                AdamState(carried_step, part("carry.avg"), part("carry.avg_sq")),
+            )
+
+
+def train_config_for_selection(learner: TrainConfig, steps: int) -> TrainConfig:
+    """The learner recipe capped at `steps` (validation only at the end)."""
+    return learner.model_copy(update={"max_steps": steps, "eval_every": steps})

@@ -1,0 +1,261 @@
+"""A whole job: split -> teacher -> distillation -> evaluation -> report.
+
+This is the service's one entry point into the library. The caller (a Celery
+worker, the CLI) supplies hooks for progress, cancellation and checkpoints; a job
+resumed from its last checkpoint gives the same summary as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from td3core.config import JobConfig
+from td3core.data.split import leave_one_out
+from td3core.data.types import SequenceDataset
+from td3core.distill import Distiller, DistillProgress, train_config_for_selection
+from td3core.errors import Cancelled, DataError
+from td3core.learner import train_on_summary
+from td3core.report import Benchmark, evaluation_rows, evaluation_table
+from td3core.serialization import read_metadata
+from td3core.summary import summary_to_bytes
+from td3core.teacher import Teacher, teacher_state_from_bytes, teacher_state_to_bytes, train_teacher
+
+CHECKPOINT_FORMAT = "td3-job-checkpoint/1"
+REPORT_FORMAT = "td3-report/1"
+
+
+@dataclass
+class Progress:
+    stage: str  # "teacher" | "distill" | "evaluate"
+    epoch: int
+    step: int
+    total: int
+    losses: dict[str, float]
+    eta_seconds: float | None
+    message: str = ""
+
+
+class JobHooks(Protocol):
+    checkpoint_every: int
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def should_cancel(self) -> bool: ...
+
+    def save_checkpoint(self, blob: bytes) -> None: ...
+
+
+@dataclass
+class JobResult:
+    summary: bytes
+    report: dict
+
+
+def run_job(
+    dataset: SequenceDataset,
+    config: JobConfig,
+    hooks: JobHooks,
+    *,
+    device: str = "cpu",
+    resume_from: bytes | None = None,
+) -> JobResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    distill_cfg = config.distill
+    split = leave_one_out(dataset, config.history_length)
+    bench = Benchmark.build(
+        split,
+        negatives_seed=config.negatives_seed,
+        model=config.model,
+        real_recipe=config.teacher,
+        summary_recipe=config.learner,
+        device=device,
+    )
+    teacher_blob, distill_state = unpack_checkpoint(resume_from) if resume_from else (None, None)
+
+    if teacher_blob is None:
+        teacher = _train_teacher(bench, config, hooks, device)
+        teacher_blob = teacher_state_to_bytes(teacher)
+        hooks.save_checkpoint(pack_checkpoint(teacher_blob, None))
+    else:
+        teacher = teacher_state_from_bytes(teacher_blob, device=device)
+    timings["teacher_seconds"] = time.perf_counter() - clock
+
+    select_recipe = train_config_for_selection(config.learner, distill_cfg.select_steps)
+
+    def select(summary) -> float:
+        _, fit = train_on_summary(
+            summary,
+            split,
+            bench.negatives_valid,
+            config.model,
+            select_recipe,
+            alt=distill_cfg.alt,
+            device=device,
+        )
+        return fit.best_metric
+
+    distiller = Distiller(distill_cfg, split, teacher, config.model, select=select, device=device)
+    if distill_state is not None:
+        distiller.load_state_bytes(distill_state)
+
+    def on_distill(p: DistillProgress) -> None:
+        hooks.on_progress(Progress("distill", p.epoch, p.step, p.total, p.losses, p.eta_seconds))
+
+    clock = time.perf_counter()
+    result = distiller.run(
+        on_progress=on_distill,
+        should_cancel=hooks.should_cancel,
+        on_checkpoint=lambda state: hooks.save_checkpoint(pack_checkpoint(teacher_blob, state)),
+        checkpoint_every=hooks.checkpoint_every,
+    )
+    timings["distill_seconds"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seeds = [config.learner.seed + i for i in range(config.eval_seeds)]
+    done = {"runs": 0}
+    total_runs = len(config.evaluations) * len(seeds)
+
+    def on_run(name: str, seed: int) -> None:
+        if hooks.should_cancel():
+            raise Cancelled("evaluation cancelled")
+        done["runs"] += 1
+        hooks.on_progress(
+            Progress(
+                "evaluate",
+                0,
+                done["runs"],
+                total_runs,
+                {},
+                None,
+                f"training on {name} (seed {seed})",
+            )
+        )
+
+    runs = evaluation_rows(
+        bench,
+        list(config.evaluations),
+        summary=result.summary,
+        users=distill_cfg.users,
+        length=distill_cfg.length,
+        seeds=seeds,
+        alt=distill_cfg.alt,
+        teacher_item_embeddings=teacher.item_embeddings if config.paper_compatible else None,
+        on_run=on_run,
+    )
+    timings["evaluate_seconds"] = time.perf_counter() - clock
+
+    summary_bytes = summary_to_bytes(
+        result.summary,
+        item_ids=dataset.item_ids,
+        config={"job": config.model_dump(mode="json"), "preprocessing": dataset.preprocessing},
+        dataset_sha256=dataset.source_sha256,
+    )
+    report = {
+        "format": REPORT_FORMAT,
+        "config": config.model_dump(mode="json"),
+        "dataset": {
+            **dataset.stats().as_dict(),
+            "sha256": dataset.source_sha256,
+            "preprocessing": dataset.preprocessing,
+        },
+        "split": {
+            "train": len(split.train),
+            "valid": len(split.valid),
+            "test": len(split.test),
+            "max_len": split.max_len,
+        },
+        "teacher": {
+            "valid_mrr10": teacher.fit.best_metric,
+            "steps": teacher.fit.steps,
+            "pool_epochs": teacher.pool_epochs,
+            "pool_note": teacher.pool_note,
+        },
+        "distillation": {
+            "best_epoch": result.best_epoch,
+            "best_valid_mrr10": result.best_valid_mrr10,
+            "curves": result.curves,
+        },
+        "evaluation": evaluation_table(runs),
+        "protocol": {
+            "negatives": "uni100, seeded, shared by every row",
+            "full": "rank among all items except the user's earlier items",
+            "summary_learners": "fresh initialisation, embeddings included",
+        },
+        "timings": timings,
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": device,
+    }
+    return JobResult(summary=summary_bytes, report=report)
+
+
+def _train_teacher(bench: Benchmark, config: JobConfig, hooks: JobHooks, device: str) -> Teacher:
+    recipe = config.teacher
+    started = time.perf_counter()
+
+    def on_step(step: int, _model) -> None:
+        if step % recipe.eval_every and step != recipe.max_steps:
+            return
+        rate = (time.perf_counter() - started) / step
+        hooks.on_progress(
+            Progress(
+                "teacher",
+                0,
+                step,
+                recipe.max_steps,
+                {},
+                rate * (recipe.max_steps - step),
+                "training the teacher on the real data",
+            )
+        )
+
+    teacher = train_teacher(
+        bench.split,
+        bench.negatives_valid,
+        config.model,
+        recipe,
+        pool_epochs=(config.distill.pool_first_epoch, config.distill.pool_last_epoch),
+        device=device,
+        on_step=on_step,
+        should_stop=hooks.should_cancel,
+    )
+    if hooks.should_cancel():
+        raise Cancelled("cancelled while training the teacher")
+    return teacher
+
+
+def pack_checkpoint(teacher: bytes, distill_state: bytes | None) -> bytes:
+    """One blob: the trained teacher (+ pool) and, once distillation runs, its state."""
+    tensors = {"teacher": torch.frombuffer(bytearray(teacher), dtype=torch.uint8)}
+    if distill_state is not None:
+        tensors["distill"] = torch.frombuffer(bytearray(distill_state), dtype=torch.uint8)
+    return save_tensors(tensors, metadata={"format": CHECKPOINT_FORMAT})
+
+
+def unpack_checkpoint(blob: bytes) -> tuple[bytes, bytes | None]:
+    if read_metadata(blob).get("format") != CHECKPOINT_FORMAT:
+        raise DataError("not a td3 job checkpoint")
+    tensors = load_tensors(blob)
+    distill = tensors.get("distill")
+    return tensors[
+        "teacher"
+    ].numpy().tobytes(), None if distill is None else distill.numpy().tobytes()
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux: the process's peak resident set.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=True)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from td3core.optim import AdamState, adam_step
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_functional_adam_follows_torch_adam(weight_decay):
+    torch.manual_seed(0)
+    target = torch.randn(5, 3)
+    reference = torch.randn(5, 3, requires_grad=True)
+    ours = {"w": reference.detach().clone()}
+    state = AdamState.zeros_like(ours)
+    optimizer = torch.optim.Adam([reference], lr=0.05, weight_decay=weight_decay)
+    for _ in range(25):
+        optimizer.zero_grad()
+        ((reference - target) ** 3).abs().sum().backward()
+        optimizer.step()
+        w = ours["w"].requires_grad_(True)
+        (grad,) = torch.autograd.grad(((w - target) ** 3).abs().sum(), [w])
+        ours, state = adam_step({"w": w.detach()}, {"w": grad}, state, lr=0.05,
+                                weight_decay=weight_decay)
+    torch.testing.assert_close(ours["w"], reference.detach(), rtol=1e-5, atol=1e-6)
+    assert state.step == 25
+
+
+def test_adam_step_is_differentiable_and_finite_for_zero_gradients():
+    # A parameter that never gets gradient (the padding row) must not turn the
+    # meta-gradient into NaN through d sqrt(v) / dv at v = 0.
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    params = {"w": torch.zeros(2, requires_grad=True)}
+    state = AdamState.zeros_like(params)
+    grads = {"w": x * torch.tensor([1.0, 0.0])}
+    new, _ = adam_step(params, grads, state, lr=0.1)
+    (dx,) = torch.autograd.grad(new["w"].sum(), [x])
+    assert torch.isfinite(dx).all()
+    assert dx[1] == 0
+
+
+def test_adam_step_does_not_modify_its_inputs():
+    params = {"w": torch.ones(3)}
+    state = AdamState.zeros_like(params)
+    adam_step(params, {"w": torch.ones(3)}, state, lr=0.1)
+    assert torch.equal(params["w"], torch.ones(3))
+    assert state.step == 0 and torch.equal(state.exp_avg["w"], torch.zeros(3))
