@@ -277,18 +277,20 @@ class Distiller:
         params = {name: state[name].detach().clone() for name in self.param_names}
         return params, AdamState.zeros_like(params)
 
-    def _learner_loss(
-        self, params: Params, users: Tensor, gen: torch.Generator, *, differentiable: bool
-    ) -> Tensor:
-        probs = self.summary.probs(users)
-        if not differentiable:
-            probs = probs.detach()
+    def _learner_loss(self, params: Params, probs: Tensor, gen: torch.Generator) -> Tensor:
         named = {f"model.{k}": v for k, v in params.items()}
         return functional_call(
             self.learner,
             named,
             (lambda m: summary_loss(m, probs, alt=self.config.alt, generator=gen),),
         )
+
+    def _batch_probs(self, steps: int) -> list[Tensor]:
+        """S for the synthetic batches that `steps` inner steps visit (batches cycle in
+        a fixed order). Computed once per phase: the factors do not change inside the
+        inner loop, and in the window one tensor per batch keeps the graph small."""
+        count = min(steps, len(self.synthetic_batches))
+        return [self.summary.probs(users) for users in self.synthetic_batches[:count]]
 
     def _adam(self, params: Params, grads: tuple[Tensor, ...], adam: AdamState):
         return adam_step(
@@ -302,10 +304,11 @@ class Distiller:
 
     def _plain_steps(self, params: Params, adam: AdamState, count: int, gen: torch.Generator):
         """Ordinary inner steps: no graph is kept, so they cost one backward each."""
+        with torch.no_grad():
+            batches = self._batch_probs(count)
         for t in range(count):
             params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            users = self.synthetic_batches[t % len(self.synthetic_batches)]
-            loss = self._learner_loss(params, users, gen, differentiable=False)
+            loss = self._learner_loss(params, batches[t % len(batches)], gen)
             grads = torch.autograd.grad(loss, list(params.values()))
             with torch.no_grad():
                 params, adam = self._adam(params, grads, adam)
@@ -318,9 +321,9 @@ class Distiller:
             return self._window_higher(params, adam, gen)
         params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         adam = adam.detached()
+        batches = self._batch_probs(self.config.window)
         for t in range(self.config.window):
-            users = self.synthetic_batches[t % len(self.synthetic_batches)]
-            loss = self._learner_loss(params, users, gen, differentiable=True)
+            loss = self._learner_loss(params, batches[t % len(batches)], gen)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
             params, adam = self._adam(params, grads, adam)
         return params, adam
@@ -352,9 +355,9 @@ class Distiller:
             fmodel,
             diffopt,
         ):
+            batches = self._batch_probs(self.config.window)
             for t in range(self.config.window):
-                users = self.synthetic_batches[t % len(self.synthetic_batches)]
-                probs = self.summary.probs(users)
+                probs = batches[t % len(batches)]
                 loss = fmodel(
                     lambda m, probs=probs: summary_loss(
                         m, probs, alt=self.config.alt, generator=gen

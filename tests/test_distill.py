@@ -85,7 +85,7 @@ def test_best_summary_is_the_best_epoch_by_selection_metric():
     assert [c["epoch"] for c in result.curves] == [1, 2, 3]
     assert result.best_epoch == 1 + metrics.index(max(metrics))
     # The selection stub is sum(U): the returned summary must carry that value.
-    assert float(result.summary.U.sum()) == pytest.approx(max(metrics))
+    assert float(result.summary.U.detach().sum()) == pytest.approx(max(metrics))
 
 
 def test_progress_and_cancellation():
