@@ -189,6 +189,8 @@ def run_job(
             "negatives": "uni100, seeded, shared by every row",
             "full": "rank among all items except the user's earlier items",
             "summary_learners": "fresh initialisation, embeddings included",
+            "fsa_targets": "teacher features in eval mode (the authors' code: dropout on)",
+            "padding_item": "masked in the summary's softmax (the authors' code: not masked)",
         },
         "timings": timings,
         "peak_memory_mb": peak_memory_mb(device),

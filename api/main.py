@@ -1,0 +1,52 @@
+"""The FastAPI app. `create_app(settings)` builds it; uvicorn serves it
+(`td3 serve`, or `uvicorn --factory api.main:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.db import Database
+from api.errors import install_error_handlers
+from api.queue import Queue
+from api.routes import datasets, health, jobs
+from api.settings import Settings
+
+log = logging.getLogger("td3.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("td3 api: database %s, broker %s", _redact(settings.database_url),
+                 _redact(settings.broker_url))
+        yield
+        app.state.queue.close()
+        app.state.db.dispose()
+
+    app = FastAPI(
+        title="td3",
+        version="1",
+        summary="TD3 dataset distillation for sequential recommendation, as a service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings.database_url)
+    app.state.queue = Queue(settings)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

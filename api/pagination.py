@@ -1,0 +1,34 @@
+"""Opaque cursors: urlsafe base64 of a small JSON list."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from api.errors import APIError
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in values])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError("wrong shape")
+        return values
+    except Exception as exc:
+        raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
+    created, ident = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(created), str(ident)
+    except (TypeError, ValueError) as exc:
+        raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc

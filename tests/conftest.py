@@ -1,0 +1,31 @@
+"""Shared test helpers for the service tests (fixtures for the real Postgres/Redis
+live in tests/integration/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def require_or_skip(available: bool, reason: str) -> None:
+    """Locally a missing server skips the test; under CI (the `CI` env var) it fails."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+TINY_CONFIG = {
+    "users": 4,
+    "length": 8,
+    "epochs": 1,
+    "inner_steps": 4,
+    "window": 2,
+    "rank": 4,
+    "select_steps": 5,
+    "teacher": {"max_steps": 30, "eval_every": 10, "batch_size": 64},
+    "learner": {"max_steps": 10, "eval_every": 5, "batch_size": 8},
+    "evaluations": ["summary"],
+}
