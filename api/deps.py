@@ -30,12 +30,12 @@ def get_queue(request: Request) -> Queue:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Database, Depends(get_db)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
 
 
 def get_tenant(
-    db: SessionDep,
+    db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     challenge = {"WWW-Authenticate": "Bearer"}

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import DatabaseDep, SettingsDep, TenantDep
 from api.errors import APIError
 from api.schemas import DatasetList, DatasetOut, DatasetStatistics
 from api.services import datasets as service
@@ -58,7 +58,7 @@ def _too_large(limit: int) -> APIError:
 async def upload_dataset(
     request: Request,
     tenant: TenantDep,
-    db: SessionDep,
+    db: DatabaseDep,
     settings: SettingsDep,
     filename: Annotated[str, Query(min_length=1, max_length=255)] = "upload",
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -115,7 +115,7 @@ async def upload_dataset(
 @router.get("", response_model=DatasetList)
 def list_datasets(
     tenant: TenantDep,
-    db: SessionDep,
+    db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> DatasetList:
@@ -124,11 +124,11 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, tenant: TenantDep, db: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> DatasetOut:
     return _out(service.get(db, tenant, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "in use"}})
-def delete_dataset(dataset_id: str, tenant: TenantDep, db: SessionDep) -> Response:
+def delete_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> Response:
     service.delete_(db, tenant, dataset_id)
     return Response(status_code=204)

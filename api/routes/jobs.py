@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import QueueDep, SessionDep, TenantDep
+from api.deps import DatabaseDep, QueueDep, TenantDep
 from api.models import ALL_STATUSES
 from api.schemas import (
     EventList,
@@ -39,7 +39,7 @@ def create_job(
     body: JobCreate,
     response: Response,
     tenant: TenantDep,
-    db: SessionDep,
+    db: DatabaseDep,
     queue: QueueDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
@@ -58,7 +58,7 @@ def create_job(
 @router.get("", response_model=JobList)
 def list_jobs(
     tenant: TenantDep,
-    db: SessionDep,
+    db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     status: StatusName | None = None,
@@ -71,7 +71,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
+def get_job(job_id: str, tenant: TenantDep, db: DatabaseDep) -> JobOut:
     return JobOut.from_row(service.get(db, tenant, job_id))
 
 
@@ -79,7 +79,7 @@ def get_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
 def list_events(
     job_id: str,
     tenant: TenantDep,
-    db: SessionDep,
+    db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     kind: Literal["status", "progress", "metric", "log"] | None = None,
@@ -96,7 +96,7 @@ def list_events(
 
 @router.post("/{job_id}/cancel", response_model=JobOut,
              responses={409: {"description": "the job already succeeded or failed"}})
-def cancel_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
+def cancel_job(job_id: str, tenant: TenantDep, db: DatabaseDep) -> JobOut:
     """Cooperative: queued -> cancelled at once; running -> cancelling, and the worker
     stops at its next outer step (-> cancelled)."""
     return JobOut.from_row(service.cancel(db, tenant, job_id))
@@ -109,7 +109,7 @@ def cancel_job(job_id: str, tenant: TenantDep, db: SessionDep) -> JobOut:
                      "description": "the .safetensors summary"},
                409: {"description": "the job has not succeeded"}},
 )
-def download_summary(job_id: str, tenant: TenantDep, db: SessionDep) -> Response:
+def download_summary(job_id: str, tenant: TenantDep, db: DatabaseDep) -> Response:
     art = service.summary(db, tenant, job_id)
     b64 = base64.b64encode(bytes.fromhex(art.sha256)).decode()
     return Response(
@@ -125,5 +125,5 @@ def download_summary(job_id: str, tenant: TenantDep, db: SessionDep) -> Response
 
 
 @router.get("/{job_id}/report", responses={409: {"description": "the job has not succeeded"}})
-def get_report(job_id: str, tenant: TenantDep, db: SessionDep) -> dict:
+def get_report(job_id: str, tenant: TenantDep, db: DatabaseDep) -> dict:
     return service.report(db, tenant, job_id)
