@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api.settings import Settings
+from td3core.tables import evaluation_markdown
 
 
 def _free_port() -> int:
@@ -40,12 +41,12 @@ def _fmt_progress(p: dict[str, Any]) -> str:
 def demo_config(args) -> dict[str, Any]:
     return {
         "users": args.users, "length": args.length, "epochs": args.epochs,
-        "inner_steps": args.inner_steps, "window": args.window, "rank": 4,
-        "alt": args.length >= 7, "select_steps": 10, "seed": 0,
-        "teacher": {"max_steps": args.teacher_steps, "eval_every": 10, "batch_size": 64},
-        "learner": {"max_steps": args.learner_steps, "eval_every": 5, "batch_size": 8,
+        "inner_steps": args.inner_steps, "window": args.window, "rank": 8,
+        "alt": args.length >= 7, "select_steps": 20, "seed": 0, "real_batch": 512,
+        "teacher": {"max_steps": args.teacher_steps, "eval_every": 25, "batch_size": 128},
+        "learner": {"max_steps": args.learner_steps, "eval_every": 10, "batch_size": 10,
                     "lr": 0.005},
-        "evaluations": ["summary"],
+        "evaluations": ["summary", "full", "random-users", "random-interactions"],
     }
 
 
@@ -149,7 +150,7 @@ def run_demo(args) -> int:
         if r.status_code != 200:
             _say(f"error: summary download failed: {r.status_code} {r.text}")
             return 1
-        out = Path(args.out or f"{job['id']}-summary.safetensors")
+        out = Path(args.out or settings.home / f"{job['id']}-summary.safetensors")
         out.write_bytes(r.content)
         digest = hashlib.sha256(r.content).hexdigest()
         if digest != r.headers.get("x-content-sha256"):
@@ -161,8 +162,11 @@ def run_demo(args) -> int:
         if r.status_code != 200:
             _say(f"error: report failed: {r.status_code} {r.text}")
             return 1
+        report = r.json()
         _say("report:")
-        _say(json.dumps(r.json(), indent=2))
+        _say(json.dumps(report, indent=2))
+        _say("\nevaluation on the test split (percent; same split and negatives for every row):")
+        _say(evaluation_markdown(report["evaluation"]))
         return 0
     finally:
         if server is not None:

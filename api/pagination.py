@@ -7,6 +7,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from api.db import Database
 from api.errors import APIError
 
 
@@ -32,3 +36,22 @@ def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(ident)
     except (TypeError, ValueError) as exc:
         raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+
+
+def newest_first_page(
+    db: Database, query: Select, created_col: InstrumentedAttribute,
+    id_col: InstrumentedAttribute, *, limit: int, cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """One page of `query` ordered newest first by (created, id), keyset-paginated:
+    stable while rows are added, and no OFFSET scan."""
+    if cursor:
+        created, ident = decode_time_cursor(cursor)
+        query = query.where(or_(created_col < created, and_(created_col == created,
+                                                            id_col < ident)))
+    query = query.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
+    with db.session() as session:
+        rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)

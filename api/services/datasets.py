@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 
 from api.db import Database
 from api.errors import APIError, not_found
 from api.models import ACTIVE_STATUSES, Dataset, Job, Tenant, new_id, utcnow
-from api.pagination import decode_time_cursor, encode_cursor
+from api.pagination import newest_first_page
 
 
 @dataclass(frozen=True)
@@ -150,21 +149,8 @@ def list_(
     db: Database, tenant: Tenant, *, limit: int, cursor: str | None
 ) -> tuple[list, str | None]:
     query = _meta_query().where(Dataset.tenant_id == tenant.id)
-    if cursor:
-        created, ident = decode_time_cursor(cursor)
-        query = query.where(_before(Dataset.created_at, Dataset.id, created, ident))
-    query = query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
-    with db.session() as session:
-        rows = list(session.scalars(query))
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
-
-
-def _before(created_col, id_col, created: datetime, ident: str):
-    return or_(created_col < created, and_(created_col == created, id_col < ident))
+    return newest_first_page(db, query, Dataset.created_at, Dataset.id, limit=limit,
+                             cursor=cursor)
 
 
 def delete_(db: Database, tenant: Tenant, dataset_id: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,7 +38,7 @@ from api.models import (
     new_id,
     utcnow,
 )
-from api.pagination import decode_cursor, decode_time_cursor, encode_cursor
+from api.pagination import decode_cursor, encode_cursor, newest_first_page
 
 log = logging.getLogger("td3.jobs")
 
@@ -163,19 +163,7 @@ def list_(
         query = query.where(Job.status == status)
     if dataset_id:
         query = query.where(Job.dataset_id == dataset_id)
-    if cursor:
-        created, ident = decode_time_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < ident))
-        )
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    with db.session() as session:
-        rows = list(session.scalars(query))
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return newest_first_page(db, query, Job.created_at, Job.id, limit=limit, cursor=cursor)
 
 
 def events(
