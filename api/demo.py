@@ -121,25 +121,34 @@ def run_demo(args) -> int:
             _say(f"error: job submission failed: {r.status_code} {r.text}")
             return 1
         job = r.json()
-        _say(f"job {job['id']} {job['status']}")
-
-        last_line = ""
-        last_status = job["status"]
         deadline = time.monotonic() + args.timeout
-        while job["status"] not in ("succeeded", "failed", "cancelled"):
+
+        # Follow the job's event log: every recorded status change and progress entry
+        # is shown once, however fast the job runs between two polls.
+        cursor: str | None = None
+        finished = False
+        while True:
+            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            page = client.get(f"/v1/jobs/{job['id']}/events", params=params,
+                              headers=headers).json()
+            for event in page["items"]:
+                if event["kind"] == "progress":
+                    _say(_fmt_progress(event["data"]))
+                elif event["kind"] == "status":
+                    _say(f"job {job['id']} {event['data']['status']}")
+            cursor = page["next_cursor"] or cursor
+            if page["items"]:
+                continue
+            if finished:  # the log is drained up to the terminal status
+                break
+            job = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                finished = True
+                continue
             if time.monotonic() > deadline:
                 _say(f"error: job still {job['status']} after {args.timeout}s")
                 return 1
             time.sleep(args.poll)
-            job = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
-            if job["status"] != last_status:
-                last_status = job["status"]
-                _say(f"job {job['id']} {last_status}")
-            if job.get("progress"):
-                line = _fmt_progress(job["progress"])
-                if line != last_line:
-                    _say(line)
-                    last_line = line
         if job["status"] != "succeeded":
             _say(f"error: job {job['status']}: {json.dumps(job.get('error'))}")
             return 1
