@@ -18,11 +18,9 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from td3core.config import JobConfig
-from td3core.data.split import leave_one_out
 from td3core.data.types import SequenceDataset
-from td3core.distill import Distiller, DistillProgress, train_config_for_selection
+from td3core.distill import DistillProgress
 from td3core.errors import Cancelled, DataError
-from td3core.learner import train_on_summary
 from td3core.report import Benchmark, evaluation_rows, evaluation_table
 from td3core.serialization import read_metadata
 from td3core.summary import summary_to_bytes
@@ -70,15 +68,8 @@ def run_job(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     distill_cfg = config.distill
-    split = leave_one_out(dataset, config.history_length)
-    bench = Benchmark.build(
-        split,
-        negatives_seed=config.negatives_seed,
-        model=config.model,
-        real_recipe=config.teacher,
-        summary_recipe=config.learner,
-        device=device,
-    )
+    bench = Benchmark.for_job(dataset, config, device=device)
+    split = bench.split
     teacher_blob, distill_state = unpack_checkpoint(resume_from) if resume_from else (None, None)
 
     if teacher_blob is None:
@@ -89,21 +80,7 @@ def run_job(
         teacher = teacher_state_from_bytes(teacher_blob, device=device)
     timings["teacher_seconds"] = time.perf_counter() - clock
 
-    select_recipe = train_config_for_selection(config.learner, distill_cfg.select_steps)
-
-    def select(summary) -> float:
-        _, fit = train_on_summary(
-            summary,
-            split,
-            bench.negatives_valid,
-            config.model,
-            select_recipe,
-            alt=distill_cfg.alt,
-            device=device,
-        )
-        return fit.best_metric
-
-    distiller = Distiller(distill_cfg, split, teacher, config.model, select=select, device=device)
+    distiller = bench.distiller(distill_cfg, teacher)
     if distill_state is not None:
         distiller.load_state_bytes(distill_state)
 

@@ -11,12 +11,16 @@ import torch
 from torch import Tensor, nn
 
 from td3core.baselines import sampled_split
-from td3core.config import ModelConfig, TrainConfig
+from td3core.config import DistillConfig, JobConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
+from td3core.data.split import leave_one_out
+from td3core.data.types import SequenceDataset
+from td3core.distill import Distiller, train_config_for_selection
 from td3core.evaluation import evaluate, sample_negatives
 from td3core.learner import train_on_summary
 from td3core.models.sasrec import SASRec
 from td3core.summary import TuckerSummary
+from td3core.teacher import Teacher
 from td3core.training import FitResult, train_on_samples
 
 
@@ -48,6 +52,15 @@ class Benchmark:
         test = sample_negatives(split.test, split.sequences, split.n_items, seed=negatives_seed + 1)
         return cls(split, valid, test, model, real_recipe, summary_recipe, device)
 
+    @classmethod
+    def for_job(cls, dataset: SequenceDataset, job: JobConfig, *, device: str = "cpu",
+                ) -> Benchmark:
+        """The split, negatives and recipes a job is measured with."""
+        return cls.build(
+            leave_one_out(dataset, job.history_length), negatives_seed=job.negatives_seed,
+            model=job.model, real_recipe=job.teacher, summary_recipe=job.learner, device=device,
+        )
+
     def test_metrics(self, model: nn.Module) -> dict[str, dict[str, float]]:
         return evaluate(model, self.split.test, self.split, self.negatives_test, device=self.device)
 
@@ -73,6 +86,20 @@ class Benchmark:
             item_embeddings=item_embeddings,
             device=self.device,
         )
+
+
+    def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
+        """A Distiller that keeps the summary whose fresh learner (the summary recipe
+        capped at `select_steps`) scores best on validation."""
+        recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
+
+        def select(summary: TuckerSummary) -> float:
+            _, fit = train_on_summary(summary, self.split, self.negatives_valid, self.model,
+                                      recipe, alt=distill.alt, device=self.device)
+            return fit.best_metric
+
+        return Distiller(distill, self.split, teacher, self.model, select=select,
+                         device=self.device)
 
 
 RunHook = Callable[[str, int], None]

@@ -1,0 +1,341 @@
+"""Reproduce the paper's comparison on one dataset: full data, the sampling
+baselines and TD3, on the SAME split with the SAME negatives, beside the paper's
+numbers (Tables 2 and 3, typed in below and labelled as the paper's).
+
+    python bench/reproduce.py --dataset magazine --epochs 10 --json bench/magazine.json
+
+Everything is trained by the library (`Benchmark`, `evaluation_rows`, `train_teacher`,
+`Distiller`); this script only schedules the runs and prints the tables.
+
+* The teacher is trained once (seed = the teacher recipe's seed) and serves every
+  distillation seed. Its training is exactly `Benchmark.train_real(split, seed)` (same
+  recipe, seed, initialisation and batches), so it is also full-data run #1; the other
+  full-data runs are trained separately (`--full-from-scratch` trains all of them).
+* TD3: one summary per distillation seed (0..N-1), `--eval-seeds` fresh learners each;
+  mean +- std over all those learners (with one learner each: over distillation seeds).
+  "paper-compatible" learners start from the teacher's item embeddings (the authors'
+  evaluation; it leaks the full data into the learner).
+* Baselines: seeds 0..N-1 (the seed picks the sample and the training run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from td3core.cli import add_distill_options, distill_job_config
+from td3core.config import DistillConfig, JobConfig
+from td3core.data import PreprocessConfig, build_dataset, read_interactions
+from td3core.distill import DistillProgress
+from td3core.report import Benchmark, aggregate, evaluation_rows, run_record
+from td3core.summary import TuckerSummary
+from td3core.teacher import train_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO.parent / "shared" / "data"
+METRICS = ("HR@10", "NDCG@10", "MRR@10")
+BASELINES = ("random-interactions", "random-users", "longest")
+LABELS = {
+    "full": "Full data",
+    "random-interactions": 'Random interactions (paper "Random")',
+    "random-users": "Random users",
+    "longest": 'Longest (paper "Longest")',
+    "td3": "TD3 (honest: fresh learners)",
+    "td3-paper": "TD3 (paper-compatible: teacher's item table, leaky)",
+}
+
+Paper = dict[str, dict[str, tuple[float, float]]]  # row -> metric -> (mean, std), uni100, %
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    path: str  # relative to the data root
+    fmt: str
+    users: int
+    length: int
+    paper: Paper  # THE PAPER'S numbers (uni100, 100 sampled negatives), not ours
+    paper_note: str = ""
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+# Paper (Table 2: full data and TD3; Table 3: Random, Longest). Only uni100 is reported
+# there; the paper has no "random users" row and no full-ranking numbers.
+DATASETS: dict[str, DatasetSpec] = {
+    "magazine": DatasetSpec(
+        path="magazine/Magazine_Subscriptions.csv",
+        fmt="amazon",
+        users=30,
+        length=20,
+        paper={
+            "full": {"HR@10": (45.40, 0.76), "NDCG@10": (25.63, 0.28), "MRR@10": (19.47, 0.22)},
+            "random-interactions": {"HR@10": (15.44, 2.68), "NDCG@10": (7.75, 1.16)},
+            "longest": {"HR@10": (19.62, 0.31), "NDCG@10": (9.58, 0.58)},
+            "td3-paper": {
+                "HR@10": (47.87, 1.54),
+                "NDCG@10": (27.90, 0.88),
+                "MRR@10": (21.75, 0.77),
+            },
+        },
+        paper_note="paper: Magazine [30x20], Tables 2-3 (their data: 408 users / 758 items, "
+        "Amazon 2023; ours: 2018 file, 665 / 848 after the same filter)",
+    ),
+    "ml-100k": DatasetSpec(
+        path="ml-100k/u.data",
+        fmt="ml-100k",
+        users=50,
+        length=50,
+        paper={
+            "full": {"HR@10": (69.46, 0.26), "NDCG@10": (41.34, 0.49), "MRR@10": (32.65, 0.70)},
+            "random-interactions": {"HR@10": (10.85, 2.30), "NDCG@10": (4.81, 1.10)},
+            "longest": {"HR@10": (13.36, 0.45), "NDCG@10": (5.97, 0.32)},
+            "td3-paper": {
+                "HR@10": (68.79, 0.49),
+                "NDCG@10": (40.62, 0.16),
+                "MRR@10": (31.90, 0.19),
+            },
+        },
+        paper_note="paper: ML-100k [50x50] Table 2 (full, TD3); Random and Longest are "
+        "Table 3's [30x50] (the paper gives none at [50x50])",
+    ),
+}
+
+
+# ------------------------------------------------------------------ measuring
+class Phases:
+    """Wall time and peak memory of each phase (CPU: the process's peak RSS so far,
+    which only grows; CUDA: peak allocated during the phase)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.records: dict[str, dict[str, float]] = {}
+        self._name = ""
+        self._started = 0.0
+
+    def start(self, name: str) -> None:
+        self._name, self._started = name, time.perf_counter()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        seconds = time.perf_counter() - self._started
+        self.records[self._name] = {"seconds": seconds, "peak_memory_mb": peak}
+        print(f"    {self._name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------- settings
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="magazine")
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    add_distill_options(p, size_required=False)  # --users/--length: the dataset's paper size
+    p.add_argument("--distill-seeds", type=int, default=3)
+    p.add_argument("--sample-seeds", type=int, default=3, help="seeds of baselines and full")
+    p.add_argument("--eval-seeds", type=int, default=1, help="learners per summary")
+    p.add_argument("--skip", default="", help="comma-separated rows to skip (e.g. longest)")
+    p.add_argument(
+        "--full-from-scratch",
+        action="store_true",
+        help="train every full-data run separately (do not reuse the teacher)",
+    )
+    p.add_argument("--no-paper-compatible", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", type=Path, help="save everything (settings, runs, tables) here")
+    return p.parse_args(argv)
+
+
+def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
+    args.users, args.length = args.users or spec.users, args.length or spec.length
+    return distill_job_config(args, eval_seeds=args.eval_seeds)
+
+
+# ------------------------------------------------------------------- running
+def distill_one(
+    bench: Benchmark, job: JobConfig, teacher: Any, seed: int
+) -> tuple[TuckerSummary, dict[str, Any]]:
+    cfg: DistillConfig = job.distill.model_copy(update={"seed": seed})
+    distiller = bench.distiller(cfg, teacher)
+    bar = tqdm(total=distiller.total_steps, desc=f"distill seed {seed}", file=sys.stderr)
+
+    def on_progress(p: DistillProgress) -> None:
+        bar.n = p.step
+        bar.set_postfix(epoch=p.epoch, ce=round(p.losses["ce"], 3), fsa=round(p.losses["fsa"], 3))
+
+    result = distiller.run(on_progress=on_progress)
+    bar.close()
+    info = {
+        "seed": seed,
+        "best_epoch": result.best_epoch,
+        "best_valid_mrr10": result.best_valid_mrr10,
+        "curves": result.curves,
+        "seconds": result.seconds,
+    }
+    return result.summary, info
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    spec = DATASETS[args.dataset]
+    job = job_config(args, spec)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    phases = Phases(args.device)
+
+    phases.start("data")
+    inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt)  # type: ignore[arg-type]
+    dataset = build_dataset(inter, PreprocessConfig(**spec.preprocess))
+    bench = Benchmark.for_job(dataset, job, device=args.device)
+    split = bench.split
+    phases.stop()
+    users, length = job.distill.users, job.distill.length
+    runs: dict[str, list[dict]] = {}
+
+    phases.start(f"teacher (= full-data run, seed {job.teacher.seed})")
+    teacher = train_teacher(
+        split, bench.negatives_valid, job.model, job.teacher,
+        pool_epochs=(job.distill.pool_first_epoch, job.distill.pool_last_epoch),
+        device=args.device,
+    )  # fmt: skip
+    phases.stop()
+    full_interactions = int(sum(len(s) - 2 for s in split.sequences))
+    full_seeds = [job.teacher.seed + i for i in range(args.sample_seeds)]
+    if not args.full_from_scratch:
+        runs["full"] = [run_record(teacher.model, teacher.fit, bench, full_interactions)]
+        full_seeds = full_seeds[1:]
+    if "full" not in skip and full_seeds:
+        phases.start(f"full data, seeds {full_seeds}")
+        more = evaluation_rows(bench, ["full"], summary=None, users=users, length=length,
+                               seeds=full_seeds, alt=False)  # fmt: skip
+        runs.setdefault("full", []).extend(more["full"])
+        phases.stop()
+
+    sample_seeds = list(range(args.sample_seeds))
+    for name in BASELINES:
+        if name in skip:
+            continue
+        phases.start(f"{name}, seeds {sample_seeds}")
+        runs.update(evaluation_rows(bench, [name], summary=None, users=users, length=length,
+                                    seeds=sample_seeds, alt=False))  # fmt: skip
+        phases.stop()
+
+    distillations = []
+    learner_seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
+    leaky = None if args.no_paper_compatible else teacher.item_embeddings
+    if "td3" not in skip:
+        for seed in range(args.distill_seeds):
+            phases.start(f"distillation seed {seed}")
+            summary, info = distill_one(bench, job, teacher, seed)
+            phases.stop()
+            phases.start(f"learners on summary seed {seed}")
+            rows = evaluation_rows(bench, ["summary"], summary=summary, users=users,
+                                   length=length, seeds=learner_seeds, alt=job.distill.alt,
+                                   teacher_item_embeddings=leaky)  # fmt: skip
+            phases.stop()
+            for record in rows["summary"]:
+                record["distill_seed"] = seed
+            runs.setdefault("td3", []).extend(rows["summary"])
+            runs.setdefault("td3-paper", []).extend(rows.get("summary (paper-compatible)", []))
+            distillations.append(info)
+
+    table = {name: aggregate(group) for name, group in runs.items() if group}
+    return {
+        "dataset": args.dataset,
+        "dataset_stats": dataset.stats().as_dict(),
+        "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)},
+        "config": job.model_dump(mode="json"),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "teacher": {
+            "valid_mrr10": teacher.fit.best_metric,
+            "steps": teacher.fit.steps,
+            "stop_reason": teacher.fit.stop_reason,
+            "pool_epochs": teacher.pool_epochs,
+        },
+        "distillations": distillations,
+        "runs": runs,
+        "table": table,
+        "phases": phases.records,
+        "paper": {name: {m: list(v) for m, v in row.items()} for name, row in spec.paper.items()},
+        "paper_note": spec.paper_note,
+        "markdown": markdown(table, spec, phases.records, job),
+    }
+
+
+# ------------------------------------------------------------------- tables
+def cell(stats: dict | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def paper_cell(value: tuple[float, float] | None) -> str:
+    return "-" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}"
+
+
+def markdown(table: dict, spec: DatasetSpec, phases: dict, job: JobConfig) -> str:
+    d = job.distill
+    head = (
+        f"[{d.users}x{d.length}], epochs {d.epochs}, inner steps {d.inner_steps}, window "
+        f"{d.window}, rank {d.rank}, learner steps {job.learner.max_steps}, "
+        f"teacher/baseline steps <= {job.teacher.max_steps}"
+    )
+    cols = [f"ours uni100 {m}" for m in METRICS] + [f"ours full {m}" for m in METRICS]
+    cols += [f"PAPER uni100 {m}" for m in METRICS] + ["runs", "interactions", "train s/run"]
+    lines = [head, "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, label in LABELS.items():
+        row = table.get(name)
+        paper = spec.paper.get(name, {})
+        if row is None and not paper:
+            continue
+        ours = [cell(row["uni100"][m]) if row else "-" for m in METRICS]
+        ours += [cell(row["full"][m]) if row else "-" for m in METRICS]
+        theirs = [paper_cell(paper.get(m)) for m in METRICS]
+        extra = (
+            [str(row["runs"]), f"{row['interactions']:.0f}", f"{row['train_seconds']:.1f}"]
+            if row
+            else ["-", "-", "-"]
+        )
+        lines.append(f"| {label} | " + " | ".join(ours + theirs + extra) + " |")
+    lines += ["", f"PAPER columns: {spec.paper_note}; the paper reports uni100 only.", ""]
+    lines += ["| phase | wall s | peak memory MB |", "|---|---|---|"]
+    for name, rec in phases.items():
+        lines.append(f"| {name} | {rec['seconds']:.1f} | {rec['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    result = run(args)
+    result["total_seconds"] = time.perf_counter() - started
+    print(result["markdown"])
+    print(f"\ntotal wall time: {result['total_seconds']:.0f} s")
+    if result["distillations"]:
+        best = [(i["seed"], i["best_epoch"], round(i["best_valid_mrr10"], 2))
+                for i in result["distillations"]]  # fmt: skip
+        print(f"distillation (seed, best epoch, valid MRR@10): {best}")
+        td3 = result["table"].get("td3")
+        full = result["table"].get("full")
+        if td3 and full:
+            gap = {m: td3["uni100"][m]["mean"] - full["uni100"][m]["mean"] for m in METRICS}
+            print("TD3 (honest) - full data, uni100: " +
+                  ", ".join(f"{m} {v:+.2f}" for m, v in gap.items()))  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

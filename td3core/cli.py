@@ -1,0 +1,449 @@
+"""Library commands of the `td3` console script: distill, evaluate, baseline.
+
+Every command prints one JSON document on stdout; progress goes to stderr. Bad
+input (a missing or malformed file, an impossible setting) ends with a one-line
+message on stderr and exit status 2, never a traceback. Defaults are those of the
+pydantic settings in `td3core.config` (the paper's): an option left out is not
+passed on, so the models fill it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+from pydantic import ValidationError
+
+from td3core.config import DistillConfig, EvaluationName, JobConfig
+from td3core.data import FORMATS as READER_FORMATS
+from td3core.errors import DataError, TD3Error
+
+if TYPE_CHECKING:
+    from td3core.pipeline import Progress
+
+EXIT_USAGE = 2
+EVALUATIONS: tuple[str, ...] = get_args(EvaluationName)
+METHODS = ("full", "random-users", "random-interactions", "longest")
+FORMATS = ("auto", *READER_FORMATS)
+
+Command = Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------- parser
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = subparsers.add_parser(
+        "distill", help="distill DATA into a TD3 summary (teacher, distillation, evaluation)"
+    )
+    _data_options(d)
+    add_distill_options(d)
+    d.add_argument("--out", required=True, help="where to write the summary (.safetensors)")
+    d.add_argument(
+        "--eval",
+        type=_evaluations,
+        help=f"comma-separated evaluations among {', '.join(EVALUATIONS)} "
+        "(e.g. 'summary,full'); 'none' for no evaluation",
+    )
+    d.add_argument("--eval-seeds", type=int, help="learners trained per evaluated data")
+    d.add_argument(
+        "--paper-compatible",
+        action="store_true",
+        help="also report learners started from the teacher's item embeddings (leaky)",
+    )
+    d.add_argument("--report", help="write the whole report (JSON) to this file")
+    d.add_argument("--print-report", action="store_true", help="print the whole report")
+    d.add_argument("--checkpoint", help="write checkpoints to this file (atomically)")
+    d.add_argument("--checkpoint-every", type=int, default=10, help="outer steps between them")
+    d.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    d.set_defaults(func=_guarded(_distill))
+
+    e = subparsers.add_parser(
+        "evaluate", help="train fresh learners on a summary and score them on DATA"
+    )
+    _data_options(e, preprocessing=False)
+    e.add_argument("--summary", required=True, help="a td3-summary/1 .safetensors file")
+    e.add_argument("--eval-seeds", type=int, help="learners to train (default: the job's)")
+    e.add_argument("--force", action="store_true", help="evaluate even if DATA's sha256 differs")
+    e.add_argument(
+        "--paper-compatible",
+        action="store_true",
+        help="also report learners started from the summary's V (the teacher's item table)",
+    )
+    e.set_defaults(func=_guarded(_evaluate))
+
+    b = subparsers.add_parser(
+        "baseline", help="train on a real budget sample (or the full data) and score it"
+    )
+    _data_options(b)
+    b.add_argument("--method", choices=METHODS, required=True)
+    b.add_argument("--users", type=int, required=True, help="mu of the budget")
+    b.add_argument("--length", type=int, required=True, help="zeta of the budget and history")
+    b.add_argument("--seeds", type=int, default=1, help="sampling and training seeds 0..N-1")
+    b.add_argument("--steps", type=int, help="step cap of the training recipe")
+    b.set_defaults(func=_guarded(_baseline))
+
+
+def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = True) -> None:
+    """The summary's size and the distillation and training settings (shared with
+    bench/reproduce.py); unset options keep the defaults of td3core.config."""
+    p.add_argument("--users", type=int, required=size_required, help="mu: synthetic users")
+    p.add_argument("--length", type=int, required=size_required,
+                   help="zeta: synthetic sequence length")
+    p.add_argument("--epochs", type=int, help=_doc("epochs", "passes over the real samples"))
+    p.add_argument("--seed", type=int, help=_doc("seed", "distillation seed"))
+    p.add_argument("--rank", type=int, help=_doc("rank", "d1 = d2 of the Tucker core"))
+    p.add_argument("--inner-steps", type=int,
+                   help=_doc("inner_steps", "N: inner steps per outer step"))
+    p.add_argument("--window", type=int, help=_doc("window", "W: differentiable inner steps"))
+    p.add_argument("--temperature", type=float, help=_doc("temperature", "summary softmax"))
+    p.add_argument("--inner-lr", type=float, help=_doc("inner_lr", "learner Adam lr"))
+    p.add_argument("--outer-lr", type=float, help=_doc("outer_lr", "summary Adam lr"))
+    p.add_argument("--select-steps", type=int,
+                   help=_doc("select_steps", "learner steps to pick the best epoch"))
+    p.add_argument("--no-alt", action="store_true", help="no augmented learner training")
+    p.add_argument("--no-fsa", action="store_true", help="no feature space alignment")
+    p.add_argument("--learner-draw", choices=("step", "epoch"))
+    p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
+    p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
+    p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
+
+
+def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
+    """A JobConfig from `add_distill_options` arguments plus other job fields."""
+    distill = {
+        "users": args.users,
+        "length": args.length,
+        **_given(epochs=args.epochs, seed=args.seed, rank=args.rank,
+                 inner_steps=args.inner_steps, window=args.window,
+                 temperature=args.temperature, inner_lr=args.inner_lr,
+                 outer_lr=args.outer_lr, select_steps=args.select_steps,
+                 learner_draw=args.learner_draw),
+    }
+    if args.no_alt:
+        distill["alt"] = False
+    if args.no_fsa:
+        distill["fsa"] = False
+    return JobConfig.model_validate({
+        "distill": distill,
+        "teacher": _recipe("teacher", max_steps=args.teacher_steps),
+        "learner": _recipe("learner", max_steps=args.learner_steps, lr=args.learner_lr),
+        **job,
+    })
+
+
+def _doc(field: str, text: str) -> str:
+    """Help text naming the settings' default (the paper's)."""
+    return f"{text} (default {DistillConfig.model_fields[field].default})"
+
+
+def _data_options(p: argparse.ArgumentParser, *, preprocessing: bool = True) -> None:
+    p.add_argument("data", metavar="DATA", help="interaction file")
+    p.add_argument("--format", choices=FORMATS, help="file format (default: auto / the job's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    if not preprocessing:
+        return
+    p.add_argument("--kcore", choices=("none", "one-pass", "iterative"))
+    p.add_argument("--min-user", type=int)
+    p.add_argument("--min-item", type=int)
+    p.add_argument("--dedup", choices=("none", "keep-first", "keep-last"))
+    p.add_argument("--max-len", type=int, help="history length (default: --length)")
+
+
+def _evaluations(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in EVALUATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown evaluation(s) {', '.join(unknown)}; choose from {', '.join(EVALUATIONS)}"
+        )
+    return names
+
+
+def _guarded(command: Command) -> Command:
+    """Expected failures -> one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            return _fail(f"invalid settings: {problems}")
+        except TD3Error as exc:
+            return _fail(str(exc))
+        except OSError as exc:  # e.g. --out in a missing folder
+            where = f"{exc.filename}: " if exc.filename else ""
+            return _fail(f"{where}{exc.strerror or exc}")
+        except KeyboardInterrupt:
+            print("td3: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def _fail(message: str) -> int:
+    print(f"td3: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """Options the user set (None = left to the settings' defaults)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+# ---------------------------------------------------------------- progress
+class CliHooks:
+    """A tqdm bar per stage on stderr; checkpoints to a file (atomic rename) if asked."""
+
+    def __init__(self, *, checkpoint: Path | None, every: int, quiet: bool):
+        self.checkpoint = checkpoint
+        self.checkpoint_every = every if checkpoint is not None else 1_000_000_000
+        self.quiet = quiet
+        self._bar: Any = None
+        self._stage = ""
+
+    def on_progress(self, progress: Progress) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if progress.stage != self._stage or self._bar is None:
+            self.close()
+            self._stage = progress.stage
+            self._bar = tqdm(total=progress.total, desc=progress.stage, file=sys.stderr)
+        self._bar.total = progress.total
+        self._bar.n = progress.step
+        shown = {k: round(v, 4) for k, v in progress.losses.items() if k in ("ce", "fsa")}
+        if progress.stage == "distill":
+            shown["epoch"] = progress.epoch
+        self._bar.set_postfix(shown, refresh=False)
+        if progress.message and progress.stage == "evaluate":
+            self._bar.set_description_str(f"evaluate: {progress.message}", refresh=False)
+        self._bar.refresh()
+
+    def should_cancel(self) -> bool:
+        return False
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        if self.checkpoint is None:
+            return
+        partial = self.checkpoint.with_name(self.checkpoint.name + ".partial")
+        partial.write_bytes(blob)
+        os.replace(partial, self.checkpoint)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device: str | None) -> str:
+    import torch
+
+    device = device or _default_device()
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise TD3Error(f"bad --device {device!r} ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise TD3Error(f"--device {device}: CUDA is not available here")
+    if parsed.type not in ("cpu", "cuda"):
+        raise TD3Error(f"--device {device}: only cpu and cuda are supported")
+    return device
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------- data
+def _load_dataset(args: argparse.Namespace, preprocessing: dict[str, Any] | None = None):
+    from td3core.data import PreprocessConfig, build_dataset, read_interactions
+
+    stored = preprocessing or {}
+    fields = PreprocessConfig.model_fields
+    settings = {k: v for k, v in stored.items() if k in fields}
+    settings.update(
+        _given(
+            kcore=getattr(args, "kcore", None),
+            min_user=getattr(args, "min_user", None),
+            min_item=getattr(args, "min_item", None),
+            dedup=getattr(args, "dedup", None),
+        )
+    )
+    fmt = args.format or stored.get("format") or "auto"
+    _say(args, f"reading {args.data} ({fmt})")
+    interactions = read_interactions(args.data, fmt=fmt)
+    return build_dataset(interactions, PreprocessConfig(**settings))
+
+
+def _recipe(name: str, **overrides: Any) -> dict[str, Any]:
+    """A JobConfig training recipe (its default) with the given settings overridden."""
+    default = JobConfig.model_fields[name].default.model_dump()
+    return default | _given(**overrides)
+
+
+# --------------------------------------------------------------- commands
+def _distill(args: argparse.Namespace) -> int:
+    from td3core.pipeline import run_job
+
+    device = _check_device(args.device)
+    config = distill_job_config(
+        args,
+        **_given(max_len=args.max_len, evaluations=args.eval, eval_seeds=args.eval_seeds),
+        paper_compatible=args.paper_compatible,
+    )
+    if args.checkpoint_every < 1:
+        raise TD3Error("--checkpoint-every must be at least 1")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    resume_from = None
+    if args.resume:
+        if checkpoint is None:
+            raise TD3Error("--resume needs --checkpoint FILE")
+        if checkpoint.exists():
+            resume_from = checkpoint.read_bytes()
+            _say(args, f"resuming from {checkpoint}")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise DataError("the folder of --out does not exist", file=str(out))
+    dataset = _load_dataset(args)
+    hooks = CliHooks(checkpoint=checkpoint, every=args.checkpoint_every, quiet=args.quiet)
+    try:
+        result = run_job(dataset, config, hooks, device=device, resume_from=resume_from)
+    finally:
+        hooks.close()
+    out.write_bytes(result.summary)
+    _say(args, f"summary written to {out}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.report, indent=2, sort_keys=True))
+    _print_json(result.report if args.print_report else result.report["evaluation"])
+    return 0
+
+
+def _job_from_summary(config: dict[str, Any]) -> tuple[JobConfig, dict[str, Any] | None]:
+    """(job settings, preprocessing) from a summary's `config` metadata: either
+    {"job": ..., "preprocessing": ...} or, from older files, the bare job settings."""
+    if "job" in config:
+        return JobConfig.model_validate(config["job"]), config.get("preprocessing")
+    return JobConfig.model_validate(config), None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from td3core.report import Benchmark, evaluation_rows, evaluation_table
+    from td3core.summary import load_summary
+
+    device = _check_device(args.device)
+    if not Path(args.summary).is_file():
+        raise DataError("file not found", file=args.summary)
+    stored = load_summary(args.summary)
+    try:
+        job, preprocessing = _job_from_summary(stored.config)
+    except ValidationError as exc:
+        raise DataError(
+            f"the summary's job settings are invalid ({exc.error_count()} errors)",
+            file=args.summary,
+        ) from None
+    if args.eval_seeds is not None:
+        job = JobConfig.model_validate(job.model_dump() | {"eval_seeds": args.eval_seeds})
+    dataset = _load_dataset(args, preprocessing)
+    if stored.dataset_sha256 and dataset.source_sha256 != stored.dataset_sha256 and not args.force:
+        raise DataError(
+            f"sha256 {dataset.source_sha256[:12]}... differs from the summary's "
+            f"{stored.dataset_sha256[:12]}... (not the data it was distilled from; "
+            "--force to evaluate anyway)",
+            file=args.data,
+        )
+    if dataset.item_ids != stored.item_ids:
+        raise DataError(
+            f"the items after preprocessing ({dataset.n_items}) are not the summary's "
+            f"({len(stored.item_ids) - 1}); check the format and filter options",
+            file=args.data,
+        )
+    bench = Benchmark.for_job(dataset, job, device=device)
+    seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
+    summary = stored.summary
+    leaky = job.paper_compatible or args.paper_compatible
+    hooks = CliHooks(checkpoint=None, every=1, quiet=args.quiet)
+    runs = evaluation_rows(
+        bench,
+        ["summary"],
+        summary=summary,
+        users=summary.users,
+        length=summary.length,
+        seeds=seeds,
+        alt=job.distill.alt,
+        teacher_item_embeddings=summary.V.clone() if leaky else None,
+        on_run=_run_progress(hooks, len(seeds)),
+    )
+    hooks.close()
+    _print_json(evaluation_table(runs))
+    return 0
+
+
+def _run_progress(hooks: CliHooks, total: int) -> Callable[[str, int], None]:
+    from td3core.pipeline import Progress
+
+    done = {"runs": 0}
+
+    def on_run(name: str, seed: int) -> None:
+        done["runs"] += 1
+        message = f"training on {name} (seed {seed})"
+        hooks.on_progress(Progress("evaluate", 0, done["runs"], total, {}, None, message))
+
+    return on_run
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from td3core.report import Benchmark, evaluation_rows, evaluation_table
+
+    device = _check_device(args.device)
+    # The job settings validate the budget and the recipe exactly as for `distill`.
+    config = JobConfig.model_validate(
+        {
+            "distill": {"users": args.users, "length": args.length, "alt": False},
+            "teacher": _recipe("teacher", max_steps=args.steps),
+            "evaluations": [args.method],
+            **_given(max_len=args.max_len),
+        }
+    )
+    if not 1 <= args.seeds <= 100:
+        raise TD3Error("--seeds must be between 1 and 100")
+    dataset = _load_dataset(args)
+    bench = Benchmark.for_job(dataset, config, device=device)
+    seeds = [config.teacher.seed + i for i in range(args.seeds)]
+    hooks = CliHooks(checkpoint=None, every=1, quiet=args.quiet)
+    runs = evaluation_rows(
+        bench,
+        [args.method],
+        summary=None,
+        users=args.users,
+        length=args.length,
+        seeds=seeds,
+        alt=False,
+        on_run=_run_progress(hooks, len(seeds)),
+    )
+    hooks.close()
+    _print_json(evaluation_table(runs))
+    return 0
