@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: $TD3_HOME/<job>-summary.safetensors)")
     d.add_argument("--users", type=int, default=20, help="synthetic users of the summary")
     d.add_argument("--length", type=int, default=10, help="synthetic sequence length")
-    d.add_argument("--epochs", type=int, default=3)
+    d.add_argument("--epochs", type=int, default=8)
     d.add_argument("--inner-steps", type=int, default=20)
     d.add_argument("--window", type=int, default=5)
     d.add_argument("--teacher-steps", type=int, default=200)

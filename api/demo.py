@@ -41,7 +41,7 @@ def _fmt_progress(p: dict[str, Any]) -> str:
 def demo_config(args) -> dict[str, Any]:
     return {
         "users": args.users, "length": args.length, "epochs": args.epochs,
-        "inner_steps": args.inner_steps, "window": args.window, "rank": 8,
+        "inner_steps": args.inner_steps, "window": args.window,
         "alt": args.length >= 7, "select_steps": 20, "seed": 0, "real_batch": 512,
         "teacher": {"max_steps": args.teacher_steps, "eval_every": 25, "batch_size": 128},
         "learner": {"max_steps": args.learner_steps, "eval_every": 10, "batch_size": 10,

@@ -108,6 +108,8 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     p.add_argument("--no-alt", action="store_true", help="no augmented learner training")
     p.add_argument("--no-fsa", action="store_true", help="no feature space alignment")
     p.add_argument("--learner-draw", choices=("step", "epoch"))
+    p.add_argument("--fresh-learners", type=float,
+                   help=_doc("fresh_learners", "share of inner learners started fresh"))
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
@@ -122,7 +124,7 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
                  inner_steps=args.inner_steps, window=args.window,
                  temperature=args.temperature, inner_lr=args.inner_lr,
                  outer_lr=args.outer_lr, select_steps=args.select_steps,
-                 learner_draw=args.learner_draw),
+                 learner_draw=args.learner_draw, fresh_learners=args.fresh_learners),
     }
     if args.no_alt:
         distill["alt"] = False

@@ -113,6 +113,7 @@ class Distiller:
         self.pool = [{k: v.to(self.device) for k, v in state.items()} for state in teacher.pool]
         self.train = split.train.to(self.device)
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
+        self.model_config = model_config
         self.learner = _Apply(SASRec.from_config(split.n_items, split.max_len, model_config))
         self.learner.to(self.device).train()  # dropout stays on in the inner loop
         self.param_names = [name for name, _ in self.learner.model.named_parameters()]
@@ -273,9 +274,20 @@ class Distiller:
             if cfg.learner_draw == "step"
             else torch.Generator().manual_seed(seed_for(cfg.seed, 4, epoch))
         )
-        state = self.pool[int(torch.randint(len(self.pool), (1,), generator=draw_gen))]
-        params = {name: state[name].detach().clone() for name in self.param_names}
+        if cfg.fresh_learners and float(torch.rand(1, generator=draw_gen)) < cfg.fresh_learners:
+            params = self._fresh_learner(int(torch.randint(2**62, (1,), generator=draw_gen)))
+        else:
+            state = self.pool[int(torch.randint(len(self.pool), (1,), generator=draw_gen))]
+            params = {name: state[name].detach().clone() for name in self.param_names}
         return params, AdamState.zeros_like(params)
+
+    def _fresh_learner(self, seed: int) -> Params:
+        """Parameters of a freshly initialised learner (what a user of the summary
+        starts from), drawn without touching the global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = SASRec.from_config(self.split.n_items, self.split.max_len, self.model_config)
+        return {name: p.detach().to(self.device) for name, p in fresh.named_parameters()}
 
     def _learner_loss(self, params: Params, probs: Tensor, gen: torch.Generator) -> Tensor:
         named = {f"model.{k}": v for k, v in params.items()}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from td3.cli import main
+from td3core.config import DistillConfig
 from td3core.data import generate_interactions, write_interactions_csv
 from td3core.summary import load_summary
 
@@ -59,8 +60,8 @@ def test_distill_writes_a_summary_and_prints_the_table(distilled, capsys):
     assert set(table) == {"summary", "summary (paper-compatible)", "random-users"}
     assert table["summary"]["runs"] == 2
     assert report["config"]["learner"]["max_steps"] == 10
-    # untouched settings keep the paper's defaults
-    assert report["config"]["distill"]["rank"] == 8
+    # untouched settings keep the library's defaults
+    assert report["config"]["distill"]["rank"] == DistillConfig.model_fields["rank"].default
     assert report["config"]["learner"]["lr"] == 0.005
 
 

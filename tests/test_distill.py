@@ -123,3 +123,16 @@ def test_settings_that_cannot_work_are_rejected():
         distiller(length=5)
     with pytest.raises(ConfigError, match="max_len"):
         distiller(length=12, alt=False)  # histories are 8 long in the tiny split
+
+
+def test_fresh_learners_start_from_a_seeded_fresh_initialisation():
+    d = distiller(fresh_learners=1.0)
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    params, adam = d._initial_learner(0, 0, gen())
+    again, _ = d._initial_learner(0, 0, gen())
+    assert adam.step == 0
+    for name, value in params.items():
+        assert torch.equal(value, again[name])  # seeded
+        assert all(not torch.equal(value, state[name]) for state in d.pool)
+    pooled, _ = distiller(fresh_learners=0.0)._initial_learner(0, 0, gen())
+    assert any(all(torch.equal(pooled[n], state[n]) for n in pooled) for state in d.pool)
