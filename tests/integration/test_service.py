@@ -91,6 +91,32 @@ def test_upload_job_summary_report(client, auth, dataset, worker):
     assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
 
 
+def test_downloaded_summary_reproduces_the_reported_metrics(
+    client, auth, dataset, worker, synthetic_csv, tmp_path, capsys
+):
+    """`td3 evaluate` on the uploaded file and the downloaded summary alone gives the
+    job's reported summary row (same split, negatives, recipe and seeds)."""
+    import json
+
+    from td3.cli import main
+
+    job = _submit(client, auth, dataset["id"]).json()
+    done = _wait(client, auth, job["id"], lambda j: j["status"] in TERMINAL)
+    assert done["status"] == "succeeded", done
+    summary = tmp_path / "summary.safetensors"
+    summary.write_bytes(client.get(f"/v1/jobs/{job['id']}/summary", headers=auth).content)
+    data = tmp_path / "synthetic.csv"
+    data.write_bytes(synthetic_csv)
+    reported = client.get(f"/v1/jobs/{job['id']}/report", headers=auth).json()["evaluation"]
+
+    capsys.readouterr()
+    assert main(["evaluate", str(data), "--summary", str(summary), "--device", "cpu",
+                 "--quiet"]) == 0
+    measured = json.loads(capsys.readouterr().out)["summary"]
+    for key in ("uni100", "full", "valid_mrr10", "steps", "runs"):
+        assert measured[key] == reported["summary"][key], key
+
+
 # --- cancellation ---------------------------------------------------------------------------
 
 
