@@ -109,16 +109,12 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
     log.info("job %s: attempt %d%s", job_id, start.attempts,
              " (resuming from checkpoint)" if start.checkpoint else "")
 
-    try:
-        from td3core import pipeline
-        from td3core.config import JobConfig
-        from td3core.data.storage import dataset_from_bytes
-        from td3core.errors import Cancelled, TD3Error
-    except Exception as exc:  # noqa: BLE001 - a broken install must not leave it running
-        log.exception("job %s: cannot import the library", job_id)
-        jobs_service.finish(db, job_id, FAILED, code="internal",
-                            message=f"internal error: {type(exc).__name__}")
-        return "internal"
+    # The library (and torch) load here, in the process that runs the job, never in
+    # the worker's parent before it forks.
+    from td3core import pipeline
+    from td3core.config import JobConfig
+    from td3core.data.storage import dataset_from_bytes
+    from td3core.errors import Cancelled, ConfigError, DataError, TD3Error
 
     try:
         config = JobConfig.model_validate(start.config)
@@ -132,11 +128,11 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
                             message="cancelled by the client")
         return "cancelled"
     except TD3Error as exc:
-        code = {"DataError": "data_error", "ConfigError": "config_error"}.get(
-            type(exc).__name__, "td3_error")
+        code = ("data_error" if isinstance(exc, DataError)
+                else "config_error" if isinstance(exc, ConfigError) else "td3_error")
         jobs_service.finish(db, job_id, FAILED, code=code, message=str(exc))
         return code
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any bug still ends the job, never leaves it running
         log.exception("job %s failed with an internal error", job_id)
         jobs_service.finish(db, job_id, FAILED, code="internal",
                             message=f"internal error ({type(exc).__name__}); see the worker log")

@@ -41,64 +41,40 @@ class ParsedDataset:
     format: str
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return dict(vars(obj))
-
-
 def parse_upload(path: Path, opts: UploadOptions, sha256: str) -> ParsedDataset:
     """Read + preprocess + serialise. Bad input raises APIError(422) with the reader's
     message (file, line, problem). No database access here."""
-    from td3core.data import preprocess, readers, storage
+    from pydantic import ValidationError
+
+    from td3core.data import FORMATS, PreprocessConfig, build_dataset, read_interactions
+    from td3core.data.storage import dataset_to_bytes
     from td3core.errors import TD3Error
 
-    config_cls = getattr(preprocess, "PreprocessConfig", None)
-    if config_cls is None:  # pragma: no cover - depends on where td3core defines it
-        from td3core.config import PreprocessConfig as config_cls  # type: ignore[no-redef]
-
-    formats = getattr(readers, "FORMATS", None)
-    if formats is not None and opts.format != "auto" and opts.format not in formats:
+    if opts.format != "auto" and opts.format not in FORMATS:
         raise APIError(
             422, "invalid_format",
-            f"unknown format {opts.format!r}; one of: auto, {', '.join(sorted(formats))}",
+            f"unknown format {opts.format!r}; one of: auto, {', '.join(sorted(FORMATS))}",
         )
     try:
-        pre = config_cls(**opts.preprocess)
-    except (ValueError, TypeError) as exc:
-        from pydantic import ValidationError
+        settings = PreprocessConfig(**opts.preprocess)
+    except ValidationError as exc:
+        from api.errors import format_validation_errors
 
-        message = str(exc)
-        if isinstance(exc, ValidationError):
-            from api.errors import format_validation_errors
-
-            message = format_validation_errors(exc.errors())
-        raise APIError(422, "invalid_preprocessing", message) from exc
+        raise APIError(422, "invalid_preprocessing",
+                       format_validation_errors(exc.errors())) from exc
     try:
-        inter = readers.read_interactions(
+        inter = read_interactions(
             path, fmt=opts.format, user_col=opts.user_col, item_col=opts.item_col,
             time_col=opts.time_col, rating_col=opts.rating_col, delimiter=opts.delimiter,
             has_header=opts.has_header,
         )
-        dataset = preprocess.build_dataset(inter, pre)
+        dataset = build_dataset(inter, settings)
     except TD3Error as exc:
         raise APIError(422, "invalid_data", _rename(str(exc), path, opts.filename)) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(422, "invalid_data", _rename(str(exc), path, opts.filename)) from exc
-    if dataset.n_users == 0 or dataset.n_items == 0:
-        raise APIError(
-            422, "invalid_data",
-            f"{opts.filename}: no users or items left after preprocessing ({_as_dict(pre)})",
-        )
     dataset.source_sha256 = sha256
-    preprocessing = _as_dict(pre)
-    if not dataset.preprocessing:
-        dataset.preprocessing = preprocessing
-    stats = dataset.stats().as_dict()
     return ParsedDataset(
-        storage.dataset_to_bytes(dataset), stats, preprocessing, inter.fmt or opts.format
+        dataset_to_bytes(dataset), dataset.stats().as_dict(),
+        settings.model_dump(mode="json"), inter.fmt,
     )
 
 
