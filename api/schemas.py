@@ -186,6 +186,11 @@ class EventOut(BaseModel):
     data: dict[str, Any]
     created_at: str | None
 
+    @classmethod
+    def from_row(cls, event: Any) -> EventOut:
+        return cls(id=event.id, kind=event.kind, data=event.data,
+                   created_at=_utc(event.created_at))
+
 
 class EventList(BaseModel):
     items: list[EventOut]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from td3core.config import ModelConfig, TrainConfig
 from td3core.data.samples import Samples, Split
 from td3core.errors import DataError
 from td3core.models.sasrec import SASRec
+from td3core.serialization import read_metadata
 from td3core.training import FitResult, StepHook, state_copy, steps_per_epoch, train_on_samples
 
 FORMAT = "td3-teacher/1"
@@ -143,13 +143,10 @@ def teacher_state_to_bytes(teacher: Teacher) -> bytes:
 
 
 def _metadata(blob: bytes) -> dict:
-    # safetensors layout: u64 little-endian header size, then a JSON header whose
-    # "__metadata__" holds our string map.
+    """Our settings, stored as one JSON string under the safetensors metadata key "td3"."""
     try:
-        (size,) = struct.unpack("<Q", blob[:8])
-        header = json.loads(blob[8:8 + size])
-        return json.loads(header["__metadata__"]["td3"])
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        return json.loads(read_metadata(blob)["td3"])
+    except (DataError, KeyError, ValueError) as exc:
         raise DataError(f"not a {FORMAT} checkpoint: {exc}") from exc
 
 

@@ -15,7 +15,6 @@ from api.schemas import (
     JobCreate,
     JobList,
     JobOut,
-    _utc,
     build_job_config,
 )
 from api.services import jobs as service
@@ -88,8 +87,7 @@ def list_events(
     get only newer ones (poll-friendly)."""
     rows, next_cursor = service.events(db, tenant, job_id, limit=limit, cursor=cursor, kind=kind)
     return EventList(
-        items=[EventOut(id=r.id, kind=r.kind, data=r.data, created_at=_utc(r.created_at))
-               for r in rows],
+        items=[EventOut.from_row(r) for r in rows],
         next_cursor=next_cursor,
     )
 

@@ -10,7 +10,6 @@ metadata keys in hash-map order, so equal datasets may differ byte for byte.
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 from safetensors import SafetensorError
@@ -18,9 +17,9 @@ from safetensors.numpy import load, save
 
 from td3core.data.types import SequenceDataset
 from td3core.errors import DataError
+from td3core.serialization import read_metadata
 
 FORMAT = "td3-dataset/1"
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own header size limit
 
 
 def dataset_to_bytes(ds: SequenceDataset) -> bytes:
@@ -40,7 +39,10 @@ def dataset_to_bytes(ds: SequenceDataset) -> bytes:
 
 def dataset_from_bytes(b: bytes) -> SequenceDataset:
     """Parse bytes written by `dataset_to_bytes`; anything else raises DataError."""
-    meta = _metadata(b)
+    try:
+        meta = read_metadata(bytes(b))
+    except DataError as exc:
+        raise DataError(f"not a td3 dataset: {exc}") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"not a td3 dataset: format is {meta.get('format')!r}, expected {FORMAT!r}")
     try:
@@ -61,24 +63,6 @@ def dataset_from_bytes(b: bytes) -> SequenceDataset:
         source_sha256=source_sha256,
         preprocessing=preprocessing,
     )
-
-
-def _metadata(b: bytes) -> dict[str, str]:
-    """The safetensors header's __metadata__, read by hand: the library's loaders
-    return only the tensors."""
-    if len(b) < 8:
-        raise DataError("not a td3 dataset: too short to be a safetensors file")
-    (n,) = struct.unpack("<Q", b[:8])
-    if n > min(len(b) - 8, _MAX_HEADER):
-        raise DataError("not a td3 dataset: not a safetensors file (bad header length)")
-    try:
-        header = json.loads(b[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise DataError("not a td3 dataset: not a safetensors file (bad header)") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict):
-        raise DataError("not a td3 dataset: safetensors file without metadata")
-    return meta
 
 
 def _check(
