@@ -12,42 +12,58 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "serve", help="run the API and a Celery worker (embedded default: SQLite + "
+        "serve",
+        help="run the API and a Celery worker (embedded default: SQLite + "
         "filesystem broker in $TD3_HOME or ~/.td3)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes (concurrent jobs; one per GPU)")
-    p.add_argument("--no-worker", action="store_true",
-                   help="API only (run `celery -A worker.celery_app worker` elsewhere)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes (concurrent jobs; one per GPU)",
+    )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="API only (run `celery -A worker.celery_app worker` elsewhere)",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
     admin = subparsers.add_parser("admin", help="administer the service state")
     sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
-    ck = sub.add_parser("create-key", help="new API key for a tenant (created if new); the "
-                        "key is printed alone on the last line")
+    ck = sub.add_parser(
+        "create-key",
+        help="new API key for a tenant (created if new); the key is printed alone on the last line",
+    )
     ck.add_argument("--tenant", required=True)
     ck.set_defaults(func=_create_key)
     mg = sub.add_parser("migrate", help="apply the database migrations")
     mg.set_defaults(func=_migrate)
     lt = sub.add_parser("list-tenants", help="tenants and their number of keys")
     lt.set_defaults(func=_list_tenants)
-    rq = sub.add_parser("requeue-orphans", help="send jobs that no live worker holds back to "
-                        "the queue (they resume from their checkpoints)")
+    rq = sub.add_parser(
+        "requeue-orphans",
+        help="send jobs that no live worker holds back to "
+        "the queue (they resume from their checkpoints)",
+    )
     rq.set_defaults(func=_requeue_orphans)
 
     d = subparsers.add_parser(
-        "demo", help="start the embedded service, upload a synthetic dataset, run a small "
+        "demo",
+        help="start the embedded service, upload a synthetic dataset, run a small "
         "distillation job, download and verify the summary, print the report",
     )
     d.add_argument("--url", help="use a running service instead of starting one")
     d.add_argument("--key", help="API key for --url (default: create one in the local state)")
     d.add_argument("--tenant", default="demo")
     d.add_argument("--port", type=int, default=0, help="port of the embedded service")
-    d.add_argument("--out", help="where to write the summary "
-                   "(default: $TD3_HOME/<job>-summary.safetensors)")
+    d.add_argument(
+        "--out", help="where to write the summary (default: $TD3_HOME/<job>-summary.safetensors)"
+    )
     d.add_argument("--users", type=int, default=20, help="synthetic users of the summary")
     d.add_argument("--length", type=int, default=10, help="synthetic sequence length")
     d.add_argument("--epochs", type=int, default=8)
@@ -71,8 +87,9 @@ def _settings():
 
 
 def _logging(level: str = "info") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _serve(args) -> int:
@@ -82,8 +99,14 @@ def _serve(args) -> int:
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return 2
-    return serve(_settings(), host=args.host, port=args.port, workers=args.workers,
-                 with_worker=not args.no_worker, log_level=args.log_level)
+    return serve(
+        _settings(),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        with_worker=not args.no_worker,
+        log_level=args.log_level,
+    )
 
 
 def _migrate(args) -> int:

@@ -34,18 +34,30 @@ def _fmt_progress(p: dict[str, Any]) -> str:
     losses = " ".join(f"{k}={v:.4g}" for k, v in (p.get("losses") or {}).items())
     eta = p.get("eta_seconds")
     eta_s = f" eta {eta:.0f}s" if isinstance(eta, int | float) else ""
-    return (f"  [{p.get('stage')}] epoch {p.get('epoch')} step {p.get('step')}/{p.get('total')}"
-            f"{' ' + losses if losses else ''}{eta_s}")
+    return (
+        f"  [{p.get('stage')}] epoch {p.get('epoch')} step {p.get('step')}/{p.get('total')}"
+        f"{' ' + losses if losses else ''}{eta_s}"
+    )
 
 
 def demo_config(args) -> dict[str, Any]:
     return {
-        "users": args.users, "length": args.length, "epochs": args.epochs,
-        "inner_steps": args.inner_steps, "window": args.window,
-        "alt": args.length >= 7, "select_steps": 20, "seed": 0, "real_batch": 512,
+        "users": args.users,
+        "length": args.length,
+        "epochs": args.epochs,
+        "inner_steps": args.inner_steps,
+        "window": args.window,
+        "alt": args.length >= 7,
+        "select_steps": 20,
+        "seed": 0,
+        "real_batch": 512,
         "teacher": {"max_steps": args.teacher_steps, "eval_every": 25, "batch_size": 128},
-        "learner": {"max_steps": args.learner_steps, "eval_every": 10, "batch_size": 10,
-                    "lr": 0.005},
+        "learner": {
+            "max_steps": args.learner_steps,
+            "eval_every": 10,
+            "batch_size": 10,
+            "lr": 0.005,
+        },
         "evaluations": ["summary", "full", "random-users", "random-interactions"],
     }
 
@@ -62,14 +74,25 @@ def run_demo(args) -> int:
             settings.ensure_dirs()
             port = args.port or _free_port()
             url = f"http://127.0.0.1:{port}"
-            _say(f"starting the embedded service on {url} (state: {settings.home}, "
-                 f"log: {log_path})")
+            _say(
+                f"starting the embedded service on {url} (state: {settings.home}, log: {log_path})"
+            )
             log_file = log_path.open("ab")
             server = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(port)],
-                env={**os.environ, **settings.child_env()}, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "api.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env={**os.environ, **settings.child_env()},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         client = httpx.Client(base_url=url, timeout=60)
         deadline = time.monotonic() + args.start_timeout
@@ -105,9 +128,12 @@ def run_demo(args) -> int:
             write_interactions_csv(inter, path)
             _say(f"generated {len(inter)} synthetic interactions -> uploading")
             with path.open("rb") as f:
-                r = client.post("/v1/datasets", params={"filename": "synthetic.csv"},
-                                content=f, headers={**headers,
-                                                    "Content-Type": "text/csv"})
+                r = client.post(
+                    "/v1/datasets",
+                    params={"filename": "synthetic.csv"},
+                    content=f,
+                    headers={**headers, "Content-Type": "text/csv"},
+                )
         if r.status_code != 201:
             _say(f"error: upload failed: {r.status_code} {r.text}")
             return 1
@@ -115,8 +141,9 @@ def run_demo(args) -> int:
         _say(f"dataset {ds['id']}: {json.dumps(ds['statistics'])}")
 
         body = {"dataset_id": ds["id"], "config": demo_config(args)}
-        r = client.post("/v1/jobs", json=body,
-                        headers={**headers, "Idempotency-Key": secrets.token_hex(8)})
+        r = client.post(
+            "/v1/jobs", json=body, headers={**headers, "Idempotency-Key": secrets.token_hex(8)}
+        )
         if r.status_code not in (200, 202):
             _say(f"error: job submission failed: {r.status_code} {r.text}")
             return 1
@@ -129,8 +156,7 @@ def run_demo(args) -> int:
         finished = False
         while True:
             params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-            page = client.get(f"/v1/jobs/{job['id']}/events", params=params,
-                              headers=headers).json()
+            page = client.get(f"/v1/jobs/{job['id']}/events", params=params, headers=headers).json()
             for event in page["items"]:
                 if event["kind"] == "progress":
                     _say(_fmt_progress(event["data"]))
@@ -163,8 +189,9 @@ def run_demo(args) -> int:
         out.write_bytes(r.content)
         digest = hashlib.sha256(r.content).hexdigest()
         if digest != r.headers.get("x-content-sha256"):
-            _say(f"error: sha256 mismatch: got {digest}, header "
-                 f"{r.headers.get('x-content-sha256')}")
+            _say(
+                f"error: sha256 mismatch: got {digest}, header {r.headers.get('x-content-sha256')}"
+            )
             return 1
         _say(f"summary: {out} ({len(r.content)} bytes, sha256 {digest} verified)")
         r = client.get(f"/v1/jobs/{job['id']}/report", headers=headers)

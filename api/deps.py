@@ -40,8 +40,12 @@ def get_tenant(
 ) -> Tenant:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise APIError(401, "unauthorized", "missing API key: send 'Authorization: Bearer td3_...'",
-                       headers=challenge)
+        raise APIError(
+            401,
+            "unauthorized",
+            "missing API key: send 'Authorization: Bearer td3_...'",
+            headers=challenge,
+        )
     tenant = auth.authenticate(db, credentials.credentials)
     if tenant is None:
         raise APIError(401, "unauthorized", "invalid API key", headers=challenge)

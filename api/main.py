@@ -23,8 +23,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("td3 api: database %s, broker %s", _redact(settings.database_url),
-                 _redact(settings.broker_url))
+        log.info(
+            "td3 api: database %s, broker %s",
+            _redact(settings.database_url),
+            _redact(settings.broker_url),
+        )
         yield
         app.state.queue.close()
         app.state.db.dispose()

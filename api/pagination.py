@@ -39,15 +39,21 @@ def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def newest_first_page(
-    db: Database, query: Select, created_col: InstrumentedAttribute,
-    id_col: InstrumentedAttribute, *, limit: int, cursor: str | None,
+    db: Database,
+    query: Select,
+    created_col: InstrumentedAttribute,
+    id_col: InstrumentedAttribute,
+    *,
+    limit: int,
+    cursor: str | None,
 ) -> tuple[list[Any], str | None]:
     """One page of `query` ordered newest first by (created, id), keyset-paginated:
     stable while rows are added, and no OFFSET scan."""
     if cursor:
         created, ident = decode_time_cursor(cursor)
-        query = query.where(or_(created_col < created, and_(created_col == created,
-                                                            id_col < ident)))
+        query = query.where(
+            or_(created_col < created, and_(created_col == created, id_col < ident))
+        )
     query = query.order_by(created_col.desc(), id_col.desc()).limit(limit + 1)
     with db.session() as session:
         rows = list(session.scalars(query))

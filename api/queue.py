@@ -16,9 +16,16 @@ class Queue:
 
     def enqueue_distill(self, job_id: str) -> None:
         self.celery.send_task(
-            DISTILL_TASK, args=[job_id], queue=self.settings.gpu_queue,
-            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                      "interval_step": 0.5, "interval_max": 1.0},
+            DISTILL_TASK,
+            args=[job_id],
+            queue=self.settings.gpu_queue,
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 1.0,
+            },
         )
 
     def ping(self) -> None:

@@ -188,8 +188,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def from_row(cls, event: Any) -> EventOut:
-        return cls(id=event.id, kind=event.kind, data=event.data,
-                   created_at=_utc(event.created_at))
+        return cls(id=event.id, kind=event.kind, data=event.data, created_at=_utc(event.created_at))
 
 
 class EventList(BaseModel):

@@ -19,22 +19,37 @@ log = logging.getLogger("td3.serve")
 
 def worker_command(settings: Settings, *, concurrency: int = 1, hostname: str = "") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", f"{settings.gpu_queue},{settings.default_queue}",
-        "--concurrency", str(concurrency),
-        "--pool", "prefork",
-        "--loglevel", "INFO",
-        "--hostname", hostname or f"td3-{os.getpid()}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        f"{settings.gpu_queue},{settings.default_queue}",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        hostname or f"td3-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
 
 
-def start_worker(settings: Settings, *, concurrency: int = 1,
-                 env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+def start_worker(
+    settings: Settings, *, concurrency: int = 1, env: dict[str, str] | None = None, **popen
+) -> subprocess.Popen:
     child_env = {**os.environ, **settings.child_env(), **(env or {})}
     return subprocess.Popen(
-        worker_command(settings, concurrency=concurrency), env=child_env,
-        start_new_session=True, **popen,
+        worker_command(settings, concurrency=concurrency),
+        env=child_env,
+        start_new_session=True,
+        **popen,
     )
 
 
@@ -65,8 +80,11 @@ def requeue_orphans(settings: Settings) -> list[str]:
 
     queue = Queue(settings)
     try:
-        ids = jobs.requeue_orphans(Database(settings.database_url), queue.enqueue_distill,
-                                   lease_seconds=settings.lease_seconds)
+        ids = jobs.requeue_orphans(
+            Database(settings.database_url),
+            queue.enqueue_distill,
+            lease_seconds=settings.lease_seconds,
+        )
     finally:
         queue.close()
     if ids:
@@ -74,8 +92,15 @@ def requeue_orphans(settings: Settings) -> list[str]:
     return ids
 
 
-def serve(settings: Settings, *, host: str, port: int, workers: int, with_worker: bool,
-          log_level: str = "info") -> int:
+def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    with_worker: bool,
+    log_level: str = "info",
+) -> int:
     import uvicorn
 
     from api import migrate

@@ -33,12 +33,16 @@ class Settings(BaseSettings):
     gpu_queue: str = Field("gpu", min_length=1, description="queue of distillation tasks")
     default_queue: str = Field("default", min_length=1, description="queue of short tasks")
     visibility_timeout: int = Field(
-        48 * 3600, ge=60, description="Redis: seconds before an unacked task is redelivered; "
-        "must exceed the longest job"
+        48 * 3600,
+        ge=60,
+        description="Redis: seconds before an unacked task is redelivered; "
+        "must exceed the longest job",
     )
     lease_seconds: float = Field(
-        1800, gt=0, description="a job on another machine with no progress for this long "
-        "counts as abandoned (on the same machine the worker's pid is checked instead)"
+        1800,
+        gt=0,
+        description="a job on another machine with no progress for this long "
+        "counts as abandoned (on the same machine the worker's pid is checked instead)",
     )
     device: str = Field("", description="torch device; default cuda if available")
     polling_interval: float = Field(0.2, gt=0, description="serverless broker polling interval")

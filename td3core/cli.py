@@ -92,24 +92,32 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     """The summary's size and the distillation and training settings (shared with
     bench/reproduce.py); unset options keep the defaults of td3core.config."""
     p.add_argument("--users", type=int, required=size_required, help="mu: synthetic users")
-    p.add_argument("--length", type=int, required=size_required,
-                   help="zeta: synthetic sequence length")
+    p.add_argument(
+        "--length", type=int, required=size_required, help="zeta: synthetic sequence length"
+    )
     p.add_argument("--epochs", type=int, help=_doc("epochs", "passes over the real samples"))
     p.add_argument("--seed", type=int, help=_doc("seed", "distillation seed"))
     p.add_argument("--rank", type=int, help=_doc("rank", "d1 = d2 of the Tucker core"))
-    p.add_argument("--inner-steps", type=int,
-                   help=_doc("inner_steps", "N: inner steps per outer step"))
+    p.add_argument(
+        "--inner-steps", type=int, help=_doc("inner_steps", "N: inner steps per outer step")
+    )
     p.add_argument("--window", type=int, help=_doc("window", "W: differentiable inner steps"))
     p.add_argument("--temperature", type=float, help=_doc("temperature", "summary softmax"))
     p.add_argument("--inner-lr", type=float, help=_doc("inner_lr", "learner Adam lr"))
     p.add_argument("--outer-lr", type=float, help=_doc("outer_lr", "summary Adam lr"))
-    p.add_argument("--select-steps", type=int,
-                   help=_doc("select_steps", "learner steps to pick the best epoch"))
+    p.add_argument(
+        "--select-steps",
+        type=int,
+        help=_doc("select_steps", "learner steps to pick the best epoch"),
+    )
     p.add_argument("--no-alt", action="store_true", help="no augmented learner training")
     p.add_argument("--no-fsa", action="store_true", help="no feature space alignment")
     p.add_argument("--learner-draw", choices=("step", "epoch"))
-    p.add_argument("--fresh-learners", type=float,
-                   help=_doc("fresh_learners", "share of inner learners started fresh"))
+    p.add_argument(
+        "--fresh-learners",
+        type=float,
+        help=_doc("fresh_learners", "share of inner learners started fresh"),
+    )
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
@@ -120,22 +128,32 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
     distill = {
         "users": args.users,
         "length": args.length,
-        **_given(epochs=args.epochs, seed=args.seed, rank=args.rank,
-                 inner_steps=args.inner_steps, window=args.window,
-                 temperature=args.temperature, inner_lr=args.inner_lr,
-                 outer_lr=args.outer_lr, select_steps=args.select_steps,
-                 learner_draw=args.learner_draw, fresh_learners=args.fresh_learners),
+        **_given(
+            epochs=args.epochs,
+            seed=args.seed,
+            rank=args.rank,
+            inner_steps=args.inner_steps,
+            window=args.window,
+            temperature=args.temperature,
+            inner_lr=args.inner_lr,
+            outer_lr=args.outer_lr,
+            select_steps=args.select_steps,
+            learner_draw=args.learner_draw,
+            fresh_learners=args.fresh_learners,
+        ),
     }
     if args.no_alt:
         distill["alt"] = False
     if args.no_fsa:
         distill["fsa"] = False
-    return JobConfig.model_validate({
-        "distill": distill,
-        "teacher": _recipe("teacher", max_steps=args.teacher_steps),
-        "learner": _recipe("learner", max_steps=args.learner_steps, lr=args.learner_lr),
-        **job,
-    })
+    return JobConfig.model_validate(
+        {
+            "distill": distill,
+            "teacher": _recipe("teacher", max_steps=args.teacher_steps),
+            "learner": _recipe("learner", max_steps=args.learner_steps, lr=args.learner_lr),
+            **job,
+        }
+    )
 
 
 def _doc(field: str, text: str) -> str:

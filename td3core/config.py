@@ -78,7 +78,9 @@ class DistillConfig(_Settings):
         "'epoch': once per epoch, kept training in between (authors' code)",
     )
     fresh_learners: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.0,
+        ge=0.0,
+        le=1.0,
         description="probability that an outer step's learner starts from a fresh "
         "initialisation instead of a pool checkpoint (0: the paper)",
     )

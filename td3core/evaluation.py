@@ -18,8 +18,9 @@ from td3core.data.samples import Samples, Split
 KS = (5, 10, 20)
 
 
-def sample_negatives(samples: Samples, sequences: list[np.ndarray], n_items: int,
-                     n: int = 100, seed: int = 0) -> Tensor:
+def sample_negatives(
+    samples: Samples, sequences: list[np.ndarray], n_items: int, n: int = 100, seed: int = 0
+) -> Tensor:
     """[N, n] distinct items per sample, uniform over 1..n_items minus every item in
     that user's whole sequence; the same seed gives the same negatives.
 
@@ -49,13 +50,17 @@ def sample_negatives(samples: Samples, sequences: list[np.ndarray], n_items: int
             chosen = merged[np.sort(first)]  # distinct, in draw order
         out[row] = chosen[:n]
     if short:
-        warnings.warn(f"{short} sample(s) have fewer than {n} unseen items; their negatives "
-                      "are padded with 0 and masked out", stacklevel=2)
+        warnings.warn(
+            f"{short} sample(s) have fewer than {n} unseen items; their negatives "
+            "are padded with 0 and masked out",
+            stacklevel=2,
+        )
     return torch.from_numpy(out)
 
 
-def ranks_from_scores(target_scores: Tensor, candidate_scores: Tensor,
-                      candidate_mask: Tensor | None = None) -> Tensor:
+def ranks_from_scores(
+    target_scores: Tensor, candidate_scores: Tensor, candidate_mask: Tensor | None = None
+) -> Tensor:
     """Pessimistic rank [N] = 1 + #(valid candidates scoring >= the target).
 
     A NaN candidate counts as beating the target; a non-finite target ranks last
@@ -97,22 +102,32 @@ def _prefix_mask(batch: Samples, sequences: list[np.ndarray], n_items: int) -> T
     """[B, n_items+1] True where an item is a full-ranking candidate: not padding, not
     the target, not anything the user saw before the target."""
     rows, cols = [], []
-    for row, (user, pos) in enumerate(zip(batch.users.tolist(), batch.positions.tolist(),
-                                          strict=True)):
+    for row, (user, pos) in enumerate(
+        zip(batch.users.tolist(), batch.positions.tolist(), strict=True)
+    ):
         prefix = sequences[user][:pos]
         rows.append(np.full(len(prefix), row))
         cols.append(prefix)
     mask = torch.ones(len(batch), n_items + 1, dtype=torch.bool)
     mask[:, 0] = False
-    mask[torch.from_numpy(np.concatenate(rows)).long(),
-         torch.from_numpy(np.concatenate(cols)).long()] = False
+    mask[
+        torch.from_numpy(np.concatenate(rows)).long(), torch.from_numpy(np.concatenate(cols)).long()
+    ] = False
     mask[torch.arange(len(batch)), batch.targets.cpu()] = False
     return mask
 
 
-def evaluate(model: nn.Module, samples: Samples, split: Split, negatives: Tensor | None, *,
-             ks: Sequence[int] = KS, full_ranking: bool = True, batch_size: int = 512,
-             device: torch.device | str | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: nn.Module,
+    samples: Samples,
+    split: Split,
+    negatives: Tensor | None,
+    *,
+    ks: Sequence[int] = KS,
+    full_ranking: bool = True,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, float]]:
     """Metrics of `model.score_all(items, lengths)` on `samples`:
     {"uni100": {...}, "full": {...}} (each protocol only if asked for)."""
     device = torch.device(device) if device is not None else _model_device(model)

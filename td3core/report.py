@@ -53,12 +53,21 @@ class Benchmark:
         return cls(split, valid, test, model, real_recipe, summary_recipe, device)
 
     @classmethod
-    def for_job(cls, dataset: SequenceDataset, job: JobConfig, *, device: str = "cpu",
-                ) -> Benchmark:
+    def for_job(
+        cls,
+        dataset: SequenceDataset,
+        job: JobConfig,
+        *,
+        device: str = "cpu",
+    ) -> Benchmark:
         """The split, negatives and recipes a job is measured with."""
         return cls.build(
-            leave_one_out(dataset, job.history_length), negatives_seed=job.negatives_seed,
-            model=job.model, real_recipe=job.teacher, summary_recipe=job.learner, device=device,
+            leave_one_out(dataset, job.history_length),
+            negatives_seed=job.negatives_seed,
+            model=job.model,
+            real_recipe=job.teacher,
+            summary_recipe=job.learner,
+            device=device,
         )
 
     def test_metrics(self, model: nn.Module) -> dict[str, dict[str, float]]:
@@ -87,19 +96,26 @@ class Benchmark:
             device=self.device,
         )
 
-
     def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
         """A Distiller that keeps the summary whose fresh learner (the summary recipe
         capped at `select_steps`) scores best on validation."""
         recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
 
         def select(summary: TuckerSummary) -> float:
-            _, fit = train_on_summary(summary, self.split, self.negatives_valid, self.model,
-                                      recipe, alt=distill.alt, device=self.device)
+            _, fit = train_on_summary(
+                summary,
+                self.split,
+                self.negatives_valid,
+                self.model,
+                recipe,
+                alt=distill.alt,
+                device=self.device,
+            )
             return fit.best_metric
 
-        return Distiller(distill, self.split, teacher, self.model, select=select,
-                         device=self.device)
+        return Distiller(
+            distill, self.split, teacher, self.model, select=select, device=self.device
+        )
 
 
 RunHook = Callable[[str, int], None]

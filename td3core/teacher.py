@@ -47,8 +47,8 @@ class Teacher:
         out = []
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
-                history = samples.history[start:start + batch_size].to(device)
-                lengths = samples.lengths[start:start + batch_size].to(device)
+                history = samples.history[start : start + batch_size].to(device)
+                lengths = samples.lengths[start : start + batch_size].to(device)
                 out.append(self.model.last_features(history, lengths))
         self.model.train(was_training)
         if not out:
@@ -56,10 +56,17 @@ class Teacher:
         return torch.cat(out)
 
 
-def train_teacher(split: Split, negatives_valid: Tensor, model_cfg: ModelConfig,
-                  train_cfg: TrainConfig, *, pool_epochs: tuple[int, int] = (5, 30),
-                  device: torch.device | str = "cpu", on_step: StepHook | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> Teacher:
+def train_teacher(
+    split: Split,
+    negatives_valid: Tensor,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    pool_epochs: tuple[int, int] = (5, 30),
+    device: torch.device | str = "cpu",
+    on_step: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Teacher:
     """Train a SASRec teacher; keep the state after every epoch in pool_epochs
     (inclusive, an epoch = one pass over split.train at train_cfg.batch_size).
 
@@ -97,8 +104,15 @@ def train_teacher(split: Split, negatives_valid: Tensor, model_cfg: ModelConfig,
         if on_step is not None:
             on_step(step, m)
 
-    result = train_on_samples(model, split, negatives_valid, train_cfg, device=device,
-                              on_step=record, should_stop=should_stop)
+    result = train_on_samples(
+        model,
+        split,
+        negatives_valid,
+        train_cfg,
+        device=device,
+        on_step=record,
+        should_stop=should_stop,
+    )
     note = ""
     if not pool:
         epochs = [e for e, _ in early]
@@ -106,12 +120,20 @@ def train_teacher(split: Split, negatives_valid: Tensor, model_cfg: ModelConfig,
         if latest_step and latest_step % per_epoch:
             epochs.append(latest_step / per_epoch)
             pool.append(latest)
-        note = (f"training stopped at step {result.steps} (epoch "
-                f"{result.steps / per_epoch:.2f}) before pool epoch {first}; the pool holds "
-                f"epochs {[round(e, 2) for e in epochs]}")
+        note = (
+            f"training stopped at step {result.steps} (epoch "
+            f"{result.steps / per_epoch:.2f}) before pool epoch {first}; the pool holds "
+            f"epochs {[round(e, 2) for e in epochs]}"
+        )
     model.eval()
-    return Teacher(model=model, fit=result, pool=pool, pool_epochs=epochs, pool_note=note,
-                   steps_per_epoch=per_epoch)
+    return Teacher(
+        model=model,
+        fit=result,
+        pool=pool,
+        pool_epochs=epochs,
+        pool_note=note,
+        steps_per_epoch=per_epoch,
+    )
 
 
 def teacher_state_to_bytes(teacher: Teacher) -> bytes:
@@ -123,8 +145,11 @@ def teacher_state_to_bytes(teacher: Teacher) -> bytes:
         tensors.update({f"pool.{i}.{k}": v.cpu().contiguous() for k, v in state.items()})
     block = m.blocks[0]
     model_cfg = ModelConfig(
-        hidden=m.hidden, heads=block.attention.heads, layers=len(m.blocks),
-        inner=block.feed_forward.dense_1.out_features, attn_dropout=block.attention.attn_dropout.p,
+        hidden=m.hidden,
+        heads=block.attention.heads,
+        layers=len(m.blocks),
+        inner=block.feed_forward.dense_1.out_features,
+        attn_dropout=block.attention.attn_dropout.p,
         hidden_dropout=m.dropout.p,
     )
     meta = {
@@ -164,7 +189,12 @@ def teacher_state_from_bytes(blob: bytes, *, device: torch.device | str = "cpu")
     pool = []
     for i in range(meta["pool_size"]):
         prefix = f"pool.{i}."
-        pool.append({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return Teacher(model=model, fit=FitResult(**meta["fit"]), pool=pool,
-                   pool_epochs=meta["pool_epochs"], pool_note=meta["pool_note"],
-                   steps_per_epoch=meta["steps_per_epoch"])
+        pool.append({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return Teacher(
+        model=model,
+        fit=FitResult(**meta["fit"]),
+        pool=pool,
+        pool_epochs=meta["pool_epochs"],
+        pool_note=meta["pool_note"],
+        steps_per_epoch=meta["steps_per_epoch"],
+    )

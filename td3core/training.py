@@ -40,9 +40,15 @@ def state_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def fit(model: nn.Module, loss_fn: LossFn, validate: Callable[[nn.Module], float],
-        cfg: TrainConfig, *, on_step: StepHook | None = None,
-        should_stop: Callable[[], bool] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    validate: Callable[[nn.Module], float],
+    cfg: TrainConfig,
+    *,
+    on_step: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
     """Train `model` with `loss_fn(model, step)` (the loss of one batch, step from 1).
 
     Seeds the global torch RNG from cfg.seed so dropout is reproducible; data
@@ -113,22 +119,28 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def train_on_samples(model: nn.Module, split: Split, negatives_valid: Tensor,
-                     cfg: TrainConfig, *, device: torch.device | str = "cpu",
-                     on_step: StepHook | None = None,
-                     should_stop: Callable[[], bool] | None = None) -> FitResult:
+def train_on_samples(
+    model: nn.Module,
+    split: Split,
+    negatives_valid: Tensor,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    on_step: StepHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
     """Next-item training on split.train; validation = uni100 MRR@10 on split.valid."""
     model.to(device)
     train = split.train.to(device)
-    batches = epoch_batches(len(train), cfg.batch_size,
-                            torch.Generator().manual_seed(cfg.seed))
+    batches = epoch_batches(len(train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
 
     def loss_fn(m: nn.Module, step: int) -> Tensor:
         return next_item_loss(m, train.select(next(batches).to(device)))
 
     def validate(m: nn.Module) -> float:
-        metrics = evaluate(m, split.valid, split, negatives_valid, full_ranking=False,
-                           ks=(10,), device=device)
+        metrics = evaluate(
+            m, split.valid, split, negatives_valid, full_ranking=False, ks=(10,), device=device
+        )
         return metrics["uni100"]["MRR@10"]
 
     return fit(model, loss_fn, validate, cfg, on_step=on_step, should_stop=should_stop)

@@ -48,10 +48,19 @@ def tiny_teacher(model: ModelConfig, dtype: torch.dtype) -> Teacher:
 def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
     """A Distiller on the tiny split, in the current default dtype. Selection is a
     deterministic function of the factors: these tests are about the outer loop."""
-    settings = dict(users=6, length=8, epochs=2, inner_steps=6, window=3, real_batch=96,
-                    synthetic_batch=4, rank=3)
+    settings = dict(
+        users=6,
+        length=8,
+        epochs=2,
+        inner_steps=6,
+        window=3,
+        real_batch=96,
+        synthetic_batch=4,
+        rank=3,
+    )
     settings.update(overrides)
     split, _ = tiny_split()
     teacher = tiny_teacher(model, torch.get_default_dtype())
-    return Distiller(DistillConfig(**settings), split, teacher, model,
-                     select=lambda s: float(s.U.detach().sum()))
+    return Distiller(
+        DistillConfig(**settings), split, teacher, model, select=lambda s: float(s.U.detach().sum())
+    )

@@ -14,7 +14,7 @@ def make_samples(rows: list[tuple[int, np.ndarray, int]], max_len: int) -> Sampl
     history = np.zeros((len(rows), max_len), dtype=np.int64)
     lengths = np.zeros(len(rows), dtype=np.int64)
     for i, (_, seq, pos) in enumerate(rows):
-        prefix = seq[max(0, pos - max_len):pos]
+        prefix = seq[max(0, pos - max_len) : pos]
         history[i, : len(prefix)] = prefix
         lengths[i] = len(prefix)
     return Samples(
@@ -34,20 +34,32 @@ def make_split(sequences: list[np.ndarray], n_items: int, max_len: int) -> Split
         train += [(user, seq, p) for p in range(1, len(seq) - 2)]
         valid.append((user, seq, len(seq) - 2))
         test.append((user, seq, len(seq) - 1))
-    return Split(make_samples(train, max_len), make_samples(valid, max_len),
-                 make_samples(test, max_len), sequences, n_items, max_len)
+    return Split(
+        make_samples(train, max_len),
+        make_samples(valid, max_len),
+        make_samples(test, max_len),
+        sequences,
+        n_items,
+        max_len,
+    )
 
 
-def random_sequences(n_users: int, n_items: int, min_len: int = 5, max_len: int = 20,
-                     seed: int = 0) -> list[np.ndarray]:
+def random_sequences(
+    n_users: int, n_items: int, min_len: int = 5, max_len: int = 20, seed: int = 0
+) -> list[np.ndarray]:
     """Unstructured histories: nothing to learn, distinct items per user."""
     rng = np.random.default_rng(seed)
-    return [rng.choice(np.arange(1, n_items + 1), size=rng.integers(min_len, max_len + 1),
-                       replace=False) for _ in range(n_users)]
+    return [
+        rng.choice(
+            np.arange(1, n_items + 1), size=rng.integers(min_len, max_len + 1), replace=False
+        )
+        for _ in range(n_users)
+    ]
 
 
-def chain_sequences(n_users: int, n_items: int, length: int = 12, seed: int = 0,
-                    noise: float = 0.1) -> list[np.ndarray]:
+def chain_sequences(
+    n_users: int, n_items: int, length: int = 12, seed: int = 0, noise: float = 0.1
+) -> list[np.ndarray]:
     """Learnable histories: the next item is usually the previous one + 1 (mod n)."""
     rng = np.random.default_rng(seed)
     out = []

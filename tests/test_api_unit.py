@@ -33,8 +33,9 @@ def test_api_does_not_import_torch():
         "assert 'td3core.data.samples' not in sys.modules\n"
     )
     env = {"TD3_HOME": "/nonexistent-td3-home", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -91,8 +92,17 @@ def test_migrations_create_schema_on_sqlite(tmp_path):
     settings = Settings(home=tmp_path)
     migrate.upgrade(settings)
     names = set(inspect(Database(settings.database_url).engine).get_table_names())
-    assert {"tenants", "api_keys", "datasets", "jobs", "job_events", "checkpoints", "artifacts",
-            "reports", "alembic_version"} <= names
+    assert {
+        "tenants",
+        "api_keys",
+        "datasets",
+        "jobs",
+        "job_events",
+        "checkpoints",
+        "artifacts",
+        "reports",
+        "alembic_version",
+    } <= names
     assert migrate.current_revision(settings.database_url) == "0001"
 
 
@@ -128,8 +138,11 @@ def test_sqlite_flow_without_worker(app_env):
     assert job["status"] == "queued" and sent == [job["id"]]
     r2 = client.post("/v1/jobs", json=body, headers={**auth, "Idempotency-Key": "k1"})
     assert r2.status_code == 200 and r2.json()["id"] == job["id"] and len(sent) == 1
-    r3 = client.post("/v1/jobs", json={**body, "config": {**TINY_CONFIG, "seed": 3}},
-                     headers={**auth, "Idempotency-Key": "k1"})
+    r3 = client.post(
+        "/v1/jobs",
+        json={**body, "config": {**TINY_CONFIG, "seed": 3}},
+        headers={**auth, "Idempotency-Key": "k1"},
+    )
     assert r3.status_code == 422 and r3.json()["error"]["code"] == "idempotency_key_reused"
 
     assert client.delete(f"/v1/datasets/{ds['id']}", headers=auth).status_code == 409
@@ -142,8 +155,15 @@ def test_sqlite_flow_without_worker(app_env):
 def test_openapi_lists_v1_routes(app_env):
     client = app_env[0]
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/v1/datasets", "/v1/jobs", "/v1/jobs/{job_id}/summary", "/v1/jobs/{job_id}/events",
-              "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/report", "/readyz"):
+    for p in (
+        "/v1/datasets",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/summary",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/report",
+        "/readyz",
+    ):
         assert p in paths
 
 
@@ -163,12 +183,16 @@ def test_docker_compose_config_parses():
 
     if shutil.which("docker-compose"):
         command = ["docker-compose"]
-    elif shutil.which("docker") and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True
-    ).returncode == 0:
+    elif (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
         command = ["docker", "compose"]
     else:
         pytest.skip("neither docker compose nor docker-compose is installed")
-    result = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr

@@ -40,8 +40,14 @@ def test_chronological_order_and_stable_ties():
 
 
 def test_id_remapping_keeps_originals_and_padding():
-    rows = [("u10", "10", 1), ("u10", "2", 2), ("u10", "33", 3),
-            ("u9", "2", 1), ("u9", "10", 2), ("u9", "2", 3)]
+    rows = [
+        ("u10", "10", 1),
+        ("u10", "2", 2),
+        ("u10", "33", 3),
+        ("u9", "2", 1),
+        ("u9", "10", 2),
+        ("u9", "2", 3),
+    ]
     ds = build_dataset(make(rows), NO_FILTER)
     assert ds.item_ids == [None, "2", "10", "33"]  # numeric order, 0 = padding
     assert ds.user_ids == ["u10", "u9"]  # not all integers: string order
@@ -64,9 +70,11 @@ DUP_ROWS = [("u", "a", 3), ("u", "b", 1), ("u", "a", 2), ("u", "c", 4), ("u", "d
 
 @pytest.mark.parametrize(
     ("dedup", "expected", "dropped"),
-    [("none", ["b", "a", "a", "c", "d"], 0),
-     ("keep-first", ["b", "a", "c", "d"], 1),  # the earlier "a" (time 2) stays
-     ("keep-last", ["b", "a", "c", "d"], 1)],
+    [
+        ("none", ["b", "a", "a", "c", "d"], 0),
+        ("keep-first", ["b", "a", "c", "d"], 1),  # the earlier "a" (time 2) stays
+        ("keep-last", ["b", "a", "c", "d"], 1),
+    ],
 )
 def test_dedup_policies(dedup, expected, dropped):
     ds = build_dataset(make(DUP_ROWS), PreprocessConfig(kcore="none", dedup=dedup))
@@ -84,14 +92,18 @@ def test_dedup_keep_first_vs_keep_last_positions():
 
 # u3's only rare item e goes (count 1 < 2); u3 then has 3 < 4 interactions, which
 # only the iterative filter notices.
-KCORE_ROWS = [(u, i, t) for u, items in [("u1", "abcd"), ("u2", "abcd"), ("u3", "abce")]
-              for t, i in enumerate(items)]
+KCORE_ROWS = [
+    (u, i, t)
+    for u, items in [("u1", "abcd"), ("u2", "abcd"), ("u3", "abce")]
+    for t, i in enumerate(items)
+]
 
 
 def test_one_pass_and_iterative_kcore_differ():
     one = build_dataset(make(KCORE_ROWS), PreprocessConfig(min_user=4, min_item=2))
-    it = build_dataset(make(KCORE_ROWS), PreprocessConfig(min_user=4, min_item=2,
-                                                          kcore="iterative"))
+    it = build_dataset(
+        make(KCORE_ROWS), PreprocessConfig(min_user=4, min_item=2, kcore="iterative")
+    )
     assert one.user_ids == ["u1", "u2", "u3"] and originals(one, 2) == ["a", "b", "c"]
     assert one.stats().interactions == 11 and one.preprocessing["kcore_rounds"] == 1
     assert it.user_ids == ["u1", "u2"] and it.stats().interactions == 8
@@ -132,7 +144,12 @@ def test_preprocessing_record_and_source_hash():
     ds = build_dataset(make(KCORE_ROWS), PreprocessConfig(min_user=4, min_item=2))
     p = ds.preprocessing
     assert (p["dedup"], p["kcore"], p["min_user"], p["min_item"], p["min_rating"]) == (
-        "none", "one-pass", 4, 2, None)
+        "none",
+        "one-pass",
+        4,
+        2,
+        None,
+    )
     assert p["raw_interactions"] == 12 and p["dropped_by_kcore"] == 1
     assert (p["interactions"], p["users"], p["items"]) == (11, 3, 4)
     assert p["source"] == "t.csv"
@@ -156,9 +173,11 @@ real_data = pytest.mark.skipif(not DATA.is_dir(), reason="no ../shared/data")
 @real_data
 @pytest.mark.parametrize(
     ("path", "fmt", "expected"),
-    [("ml-100k/u.data", "auto", (99_287, 943, 1_349)),
-     ("ml-1m/ml-1m.5core.tsv.gz", "auto", (999_611, 6_040, 3_416)),
-     ("magazine/Magazine_Subscriptions.csv", "amazon", (4_691, 665, 848))],
+    [
+        ("ml-100k/u.data", "auto", (99_287, 943, 1_349)),
+        ("ml-1m/ml-1m.5core.tsv.gz", "auto", (999_611, 6_040, 3_416)),
+        ("magazine/Magazine_Subscriptions.csv", "amazon", (4_691, 665, 848)),
+    ],
 )
 def test_real_datasets_match_published_counts(path, fmt, expected):
     ds = build_dataset(read_interactions(DATA / path, fmt=fmt), PreprocessConfig())

@@ -40,10 +40,12 @@ def render(fmt: str) -> tuple[str, str]:
         return "x.inter", head + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS)
     if fmt == "csv":
         return "x.csv", "timestamp,item_id,user_id,rating\n" + "".join(
-            f"{t},{i},{u},{r}\n" for u, i, r, t in ROWS)
+            f"{t},{i},{u},{r}\n" for u, i, r, t in ROWS
+        )
     if fmt == "tsv":
         return "x.tsv", "user_id\titem_id\trating\ttimestamp\n" + "".join(
-            f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS)
+            f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS
+        )
     if fmt == "ml-100k":
         return "u.data", "".join(f"{u}\t{i}\t{int(r)}\t{int(t)}\n" for u, i, r, t in ROWS)
     if fmt == "ml-1m":
@@ -112,8 +114,9 @@ def test_bytes_variant_matches_file(tmp_path):
 
 def test_csv_custom_columns_optional_rating_and_quotes():
     text = 'uid;when;iid\n"a;1";7;x\nb;3;"y"\n'
-    inter = read_interactions_bytes(text.encode(), "f.csv", delimiter=";", user_col="uid",
-                                    item_col="iid", time_col="when")
+    inter = read_interactions_bytes(
+        text.encode(), "f.csv", delimiter=";", user_col="uid", item_col="iid", time_col="when"
+    )
     assert inter.users == ["a;1", "b"] and inter.items == ["x", "y"]
     assert inter.timestamps.tolist() == [7.0, 3.0]
     assert inter.ratings is None
@@ -129,13 +132,17 @@ def test_explicit_rating_col_and_no_time_col_uses_file_order():
 def test_headerless_csv_with_given_columns():
     text = "i1,u1,5,10\ni2,u1,3,20\ni1,u2,4,15\n"
     inter = read_interactions_bytes(
-        text.encode(), "f.csv", fmt="csv", columns=("item_id", "user_id", "rating", "timestamp"))
+        text.encode(), "f.csv", fmt="csv", columns=("item_id", "user_id", "rating", "timestamp")
+    )
     check_rows(inter)
 
 
 def test_bom_crlf_and_blank_lines_are_tolerated():
-    text = "\ufeffuser_id,item_id,rating,timestamp\r\n\r\n" + "".join(
-        f"{u},{i},{r},{t}\r\n" for u, i, r, t in ROWS) + "\n\n"
+    text = (
+        "\ufeffuser_id,item_id,rating,timestamp\r\n\r\n"
+        + "".join(f"{u},{i},{r},{t}\r\n" for u, i, r, t in ROWS)
+        + "\n\n"
+    )
     check_rows(read_interactions_bytes(text.encode(), "f.csv"))
 
 

@@ -26,8 +26,16 @@ DS = dataset([1, 2, 3, 4, 5], [3, 1, 2], [2, 4, 1, 3])
 
 
 def rows(samples) -> list[tuple]:
-    return list(zip(samples.users.tolist(), samples.positions.tolist(), samples.history.tolist(),
-                    samples.lengths.tolist(), samples.targets.tolist(), strict=True))
+    return list(
+        zip(
+            samples.users.tolist(),
+            samples.positions.tolist(),
+            samples.history.tolist(),
+            samples.lengths.tolist(),
+            samples.targets.tolist(),
+            strict=True,
+        )
+    )
 
 
 def test_exact_samples_with_truncation():
@@ -47,7 +55,10 @@ def test_exact_samples_with_truncation():
 def test_right_padding_when_max_len_exceeds_history():
     split = leave_one_out(DS, max_len=6)
     assert split.test.history.tolist() == [
-        [1, 2, 3, 4, 0, 0], [3, 1, 0, 0, 0, 0], [2, 4, 1, 0, 0, 0]]
+        [1, 2, 3, 4, 0, 0],
+        [3, 1, 0, 0, 0, 0],
+        [2, 4, 1, 0, 0, 0],
+    ]
     assert split.test.lengths.tolist() == [4, 2, 3]
 
 
@@ -67,7 +78,7 @@ def test_matches_the_definition_on_synthetic_data():
     for part in (split.train, split.valid, split.test):
         for u, p, hist, n, target in rows(part):
             seq = ds.sequences[u]
-            expected = seq[max(0, p - max_len):p].tolist()
+            expected = seq[max(0, p - max_len) : p].tolist()
             assert target == seq[p] and n == len(expected) >= 1
             assert hist == expected + [0] * (max_len - n)
     # Ordered by user, then position.

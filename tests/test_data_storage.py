@@ -30,8 +30,13 @@ def test_round_trip_is_lossless():
 
 
 def metadata(**overrides: str) -> dict[str, str]:
-    meta = {"format": FORMAT, "item_ids": json.dumps([None, "a", "b"]),
-            "user_ids": json.dumps(["u"]), "preprocessing": "{}", "source_sha256": ""}
+    meta = {
+        "format": FORMAT,
+        "item_ids": json.dumps([None, "a", "b"]),
+        "user_ids": json.dumps(["u"]),
+        "preprocessing": "{}",
+        "source_sha256": "",
+    }
     return {**meta, **overrides}
 
 

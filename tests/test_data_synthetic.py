@@ -12,8 +12,13 @@ from td3core.data.synthetic import generate_interactions, write_interactions_csv
 
 
 def same(a, b) -> bool:
-    return (a.users == b.users and a.items == b.items and a.sha256 == b.sha256
-            and np.array_equal(a.timestamps, b.timestamps) and np.array_equal(a.ratings, b.ratings))
+    return (
+        a.users == b.users
+        and a.items == b.items
+        and a.sha256 == b.sha256
+        and np.array_equal(a.timestamps, b.timestamps)
+        and np.array_equal(a.ratings, b.ratings)
+    )
 
 
 def test_deterministic_given_seed():

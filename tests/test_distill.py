@@ -67,8 +67,9 @@ def test_resume_gives_the_same_summary_as_an_uninterrupted_run(learner_draw):
 
     for name in ("G", "U", "T"):  # bit-identical on CPU
         assert torch.equal(getattr(whole.summary, name), getattr(resumed.summary, name))
-        assert torch.equal(getattr(whole_result.summary, name),
-                           getattr(resumed_result.summary, name))
+        assert torch.equal(
+            getattr(whole_result.summary, name), getattr(resumed_result.summary, name)
+        )
     assert whole_result.curves == resumed_result.curves
 
 

@@ -12,13 +12,15 @@ from td3core.models import SASRec
 
 def test_ranks_are_pessimistic():
     target = torch.tensor([0.5, 0.5, float("nan"), float("inf"), 0.5])
-    cand = torch.tensor([
-        [0.1, 0.2, 0.3],  # all below -> 1
-        [0.5, 0.9, 0.1],  # a tie and a higher one -> 3
-        [0.1, 0.2, 0.3],  # NaN target -> last (4)
-        [0.1, 0.2, 0.3],  # inf target -> last (4)
-        [float("nan"), 0.1, 0.2],  # NaN candidate beats the target -> 2
-    ])
+    cand = torch.tensor(
+        [
+            [0.1, 0.2, 0.3],  # all below -> 1
+            [0.5, 0.9, 0.1],  # a tie and a higher one -> 3
+            [0.1, 0.2, 0.3],  # NaN target -> last (4)
+            [0.1, 0.2, 0.3],  # inf target -> last (4)
+            [float("nan"), 0.1, 0.2],  # NaN candidate beats the target -> 2
+        ]
+    )
     assert ranks_from_scores(target, cand).tolist() == [1, 3, 4, 4, 2]
 
 

@@ -18,8 +18,9 @@ def test_functional_adam_follows_torch_adam(weight_decay):
         optimizer.step()
         w = ours["w"].requires_grad_(True)
         (grad,) = torch.autograd.grad(((w - target) ** 3).abs().sum(), [w])
-        ours, state = adam_step({"w": w.detach()}, {"w": grad}, state, lr=0.05,
-                                weight_decay=weight_decay)
+        ours, state = adam_step(
+            {"w": w.detach()}, {"w": grad}, state, lr=0.05, weight_decay=weight_decay
+        )
     torch.testing.assert_close(ours["w"], reference.detach(), rtol=1e-5, atol=1e-6)
     assert state.step == 25
 

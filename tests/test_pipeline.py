@@ -12,8 +12,16 @@ from td3core.pipeline import run_job
 from td3core.summary import summary_from_bytes
 
 CONFIG = JobConfig(
-    distill=DistillConfig(users=4, length=8, epochs=2, inner_steps=4, window=2, real_batch=200,
-                          select_steps=4, synthetic_batch=2),
+    distill=DistillConfig(
+        users=4,
+        length=8,
+        epochs=2,
+        inner_steps=4,
+        window=2,
+        real_batch=200,
+        select_steps=4,
+        synthetic_batch=2,
+    ),
     model=ModelConfig(hidden=8, inner=16),
     teacher=TrainConfig(max_steps=30, eval_every=10, batch_size=64),
     learner=TrainConfig(lr=0.005, batch_size=2, max_steps=6, eval_every=3),
@@ -62,8 +70,14 @@ def test_job_produces_summary_and_report():
     report = result.report
     assert report["format"] == "td3-report/1"
     assert report["dataset"]["users"] == dataset().n_users
-    assert set(report["evaluation"]) == {"summary", "summary (paper-compatible)", "full",
-                                         "random-users", "random-interactions", "longest"}
+    assert set(report["evaluation"]) == {
+        "summary",
+        "summary (paper-compatible)",
+        "full",
+        "random-users",
+        "random-interactions",
+        "longest",
+    }
     for row in report["evaluation"].values():
         for protocol in ("uni100", "full"):
             assert 0.0 <= row[protocol]["HR@10"]["mean"] <= 100.0
@@ -84,12 +98,14 @@ def test_resumed_job_equals_uninterrupted_job():
     for name in ("G", "U", "T", "V"):
         assert torch.equal(getattr(a.summary, name), getattr(b.summary, name))
     assert without_timings(resumed.report["evaluation"]) == without_timings(
-        reference.report["evaluation"])
+        reference.report["evaluation"]
+    )
 
 
 def without_timings(table: dict) -> dict:
-    return {name: {k: v for k, v in row.items() if k != "train_seconds"}
-            for name, row in table.items()}
+    return {
+        name: {k: v for k, v in row.items() if k != "train_seconds"} for name, row in table.items()
+    }
 
 
 def test_baselines_stay_within_budget_and_training_data():

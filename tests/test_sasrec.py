@@ -53,9 +53,11 @@ def test_probs_path_matches_ids_path():
     assert torch.allclose(a, b, atol=1e-5)
     full = items.clone()
     full[full == 0] = 7  # no padding: probs without lengths = every position valid
-    assert torch.allclose(m.sequence_features(full),
-                          m.sequence_features(probs=F.one_hot(full, N_ITEMS + 1).float()),
-                          atol=1e-5)
+    assert torch.allclose(
+        m.sequence_features(full),
+        m.sequence_features(probs=F.one_hot(full, N_ITEMS + 1).float()),
+        atol=1e-5,
+    )
 
 
 def test_padding_does_not_change_real_positions():
@@ -68,8 +70,9 @@ def test_padding_does_not_change_real_positions():
     long = m.sequence_features(noisy, lengths)
     for row, n in enumerate(lengths.clamp(max=5).tolist()):
         assert torch.allclose(short[row, :n], long[row, :n], atol=1e-5)
-    assert torch.allclose(m.last_features(items, lengths), m.last_features(noisy, lengths),
-                          atol=1e-5)
+    assert torch.allclose(
+        m.last_features(items, lengths), m.last_features(noisy, lengths), atol=1e-5
+    )
 
 
 def test_heavy_padding_is_finite():

@@ -21,8 +21,9 @@ N_ITEMS, D3 = 12, 6
 
 def make_summary(temperature: float = 1.0) -> TuckerSummary:
     V = torch.randn(N_ITEMS + 1, D3, generator=torch.Generator().manual_seed(0))
-    return TuckerSummary(5, 7, 3, V, temperature=temperature,
-                         generator=torch.Generator().manual_seed(1))
+    return TuckerSummary(
+        5, 7, 3, V, temperature=temperature, generator=torch.Generator().manual_seed(1)
+    )
 
 
 ITEM_IDS = [None] + [f"item-{k}" for k in range(1, N_ITEMS + 1)]
@@ -66,8 +67,9 @@ def test_file_round_trip_and_contract(tmp_path):
 
 def test_item_ids_must_list_padding_first():
     with pytest.raises(ValueError, match="None"):
-        summary_to_bytes(make_summary(), item_ids=ITEM_IDS[1:] + ["x"], config={},
-                         dataset_sha256="")
+        summary_to_bytes(
+            make_summary(), item_ids=ITEM_IDS[1:] + ["x"], config={}, dataset_sha256=""
+        )
 
 
 def test_foreign_or_broken_files_are_rejected():

@@ -40,8 +40,13 @@ def test_fit_validates_the_final_step_and_ignores_nan():
 def test_fit_should_stop():
     calls = iter(range(100))
     model = nn.Linear(1, 1)
-    result = fit(model, lambda m, s: m.weight.sum(), lambda m: 0.0, TrainConfig(),
-                 should_stop=lambda: next(calls) >= 3)
+    result = fit(
+        model,
+        lambda m, s: m.weight.sum(),
+        lambda m: 0.0,
+        TrainConfig(),
+        should_stop=lambda: next(calls) >= 3,
+    )
     assert result.steps == 3 and result.stop_reason == "should_stop"
     assert result.history[-1]["step"] == 3
 
@@ -68,8 +73,10 @@ def test_train_on_samples_is_deterministic(split, negatives):
         runs.append((train_on_samples(model, split, negatives, cfg), model))
     (a, ma), (b, mb) = runs
     assert a.history == b.history
-    assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(),
-                                                  mb.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True)
+    )
 
 
 def test_teacher_learns_and_keeps_its_pool(split, negatives):
@@ -80,7 +87,8 @@ def test_teacher_learns_and_keeps_its_pool(split, negatives):
     assert per_epoch == 15  # 1,800 training samples / 128
     assert teacher.pool_epochs == [2.0, 3.0, 4.0, 5.0] and teacher.pool_note == ""
     assert len(teacher.pool) == 4 and not torch.equal(
-        teacher.pool[0]["item_embedding.weight"], teacher.pool[-1]["item_embedding.weight"])
+        teacher.pool[0]["item_embedding.weight"], teacher.pool[-1]["item_embedding.weight"]
+    )
 
     torch.manual_seed(train_cfg.seed)
     untrained = SASRec.from_config(N_ITEMS, MAX_LEN, model_cfg)
@@ -91,15 +99,17 @@ def test_teacher_learns_and_keeps_its_pool(split, negatives):
 
     feats = teacher.features(split.valid, batch_size=64)
     assert feats.shape == (len(split.valid), 16)
-    assert torch.allclose(feats, teacher.model.last_features(split.valid.history,
-                                                             split.valid.lengths), atol=1e-6)
+    assert torch.allclose(
+        feats, teacher.model.last_features(split.valid.history, split.valid.lengths), atol=1e-6
+    )
     assert torch.equal(teacher.item_embeddings, teacher.model.item_embedding.weight)
 
     again = teacher_state_from_bytes(teacher_state_to_bytes(teacher))
     assert torch.allclose(again.features(split.valid), feats)
     assert again.pool_epochs == teacher.pool_epochs and again.fit == teacher.fit
-    assert all(torch.equal(again.pool[i][k], v) for i in range(4) for k, v in
-               teacher.pool[i].items())
+    assert all(
+        torch.equal(again.pool[i][k], v) for i in range(4) for k, v in teacher.pool[i].items()
+    )
 
 
 def test_teacher_pool_when_training_stops_early(split, negatives):

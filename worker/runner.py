@@ -100,14 +100,22 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
     settings = settings or get_settings()
     db = _database(settings)
     start = jobs_service.begin_attempt(
-        db, job_id, max_attempts=settings.max_attempts, worker=worker, pid=os.getpid(),
+        db,
+        job_id,
+        max_attempts=settings.max_attempts,
+        worker=worker,
+        pid=os.getpid(),
         lease_seconds=settings.lease_seconds,
     )
     if not start.run:
         log.info("job %s not run: %s", job_id, start.reason)
         return start.reason
-    log.info("job %s: attempt %d%s", job_id, start.attempts,
-             " (resuming from checkpoint)" if start.checkpoint else "")
+    log.info(
+        "job %s: attempt %d%s",
+        job_id,
+        start.attempts,
+        " (resuming from checkpoint)" if start.checkpoint else "",
+    )
 
     # The library (and torch) load here, in the process that runs the job, never in
     # the worker's parent before it forks.
@@ -124,23 +132,35 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
             dataset, config, hooks, device=_device(settings), resume_from=start.checkpoint
         )
     except Cancelled:
-        jobs_service.finish(db, job_id, CANCELLED, code="cancelled",
-                            message="cancelled by the client")
+        jobs_service.finish(
+            db, job_id, CANCELLED, code="cancelled", message="cancelled by the client"
+        )
         return "cancelled"
     except TD3Error as exc:
-        code = ("data_error" if isinstance(exc, DataError)
-                else "config_error" if isinstance(exc, ConfigError) else "td3_error")
+        code = (
+            "data_error"
+            if isinstance(exc, DataError)
+            else "config_error"
+            if isinstance(exc, ConfigError)
+            else "td3_error"
+        )
         jobs_service.finish(db, job_id, FAILED, code=code, message=str(exc))
         return code
     except Exception as exc:  # noqa: BLE001 - any bug still ends the job, never leaves it running
         log.exception("job %s failed with an internal error", job_id)
-        jobs_service.finish(db, job_id, FAILED, code="internal",
-                            message=f"internal error ({type(exc).__name__}); see the worker log")
+        jobs_service.finish(
+            db,
+            job_id,
+            FAILED,
+            code="internal",
+            message=f"internal error ({type(exc).__name__}); see the worker log",
+        )
         return "internal"
 
     report = json_safe(dict(result.report))
-    if not jobs_service.succeed(db, job_id, summary=bytes(result.summary), report=report,
-                                metrics=report.get("evaluation")):
+    if not jobs_service.succeed(
+        db, job_id, summary=bytes(result.summary), report=report, metrics=report.get("evaluation")
+    ):
         log.warning("job %s finished but its status had changed; result dropped", job_id)
         return "dropped"
     return "succeeded"

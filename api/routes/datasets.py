@@ -26,15 +26,22 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def _out(row) -> DatasetOut:
     return DatasetOut(
-        id=row.id, name=row.name, filename=row.filename, format=row.format,
-        size_bytes=row.size_bytes, sha256=row.sha256, preprocessing=row.preprocessing,
-        statistics=DatasetStatistics(**row.stats), created_at=row.created_at,
+        id=row.id,
+        name=row.name,
+        filename=row.filename,
+        format=row.format,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        preprocessing=row.preprocessing,
+        statistics=DatasetStatistics(**row.stats),
+        created_at=row.created_at,
     )
 
 
 def _too_large(limit: int) -> APIError:
     return APIError(
-        413, "payload_too_large",
+        413,
+        "payload_too_large",
         f"upload exceeds the limit of {limit} bytes (setting TD3_MAX_UPLOAD_BYTES)",
     )
 
@@ -49,8 +56,9 @@ def _too_large(limit: int) -> APIError:
             "required": True,
             "description": "The interaction file itself as the raw body (optionally gzip'd); "
             "e.g. `curl --data-binary @u.data -H 'Content-Type: application/octet-stream'`.",
-            "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                  "format": "binary"}}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
         }
     },
     responses={413: {"description": "too large"}, 422: {"description": "unparseable data"}},
@@ -65,8 +73,9 @@ async def upload_dataset(
     format: FormatName = "auto",
     user_col: Annotated[str, Query(min_length=1, max_length=100)] = "user_id",
     item_col: Annotated[str, Query(min_length=1, max_length=100)] = "item_id",
-    time_col: Annotated[str | None, Query(max_length=100,
-                                          description="empty: file order is time")] = "timestamp",
+    time_col: Annotated[
+        str | None, Query(max_length=100, description="empty: file order is time")
+    ] = "timestamp",
     rating_col: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     delimiter: Annotated[str | None, Query(min_length=1, max_length=4)] = None,
     has_header: bool | None = None,
@@ -78,20 +87,36 @@ async def upload_dataset(
 ) -> DatasetOut:
     limit = settings.max_upload_bytes
     if request.headers.get("content-type", "").startswith("multipart/"):
-        raise APIError(415, "unsupported_media_type",
-                       "send the file as the raw request body, not multipart/form-data")
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            "send the file as the raw request body, not multipart/form-data",
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     preprocess = {
-        k: v for k, v in {"dedup": dedup, "kcore": kcore, "min_user": min_user,
-                          "min_item": min_item, "min_rating": min_rating}.items()
+        k: v
+        for k, v in {
+            "dedup": dedup,
+            "kcore": kcore,
+            "min_user": min_user,
+            "min_item": min_item,
+            "min_rating": min_rating,
+        }.items()
         if v is not None
     }
     opts = service.UploadOptions(
-        name=name or filename, filename=filename, format=format, user_col=user_col,
-        item_col=item_col, time_col=time_col or None, rating_col=rating_col,
-        delimiter=delimiter, has_header=has_header, preprocess=preprocess,
+        name=name or filename,
+        filename=filename,
+        format=format,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col or None,
+        rating_col=rating_col,
+        delimiter=delimiter,
+        has_header=has_header,
+        preprocess=preprocess,
     )
     digest = hashlib.sha256()
     size = 0

@@ -46,8 +46,12 @@ def create_job(
 ) -> JobOut:
     config = build_job_config(body.config.model_dump(exclude_unset=True))
     job, created = service.create(
-        db, tenant, dataset_id=body.dataset_id, config=config.model_dump(mode="json"),
-        body=body.model_dump(mode="json", exclude_unset=True), idempotency_key=idempotency_key,
+        db,
+        tenant,
+        dataset_id=body.dataset_id,
+        config=config.model_dump(mode="json"),
+        body=body.model_dump(mode="json", exclude_unset=True),
+        idempotency_key=idempotency_key,
         enqueue=queue.enqueue_distill,
     )
     response.status_code = 202 if created else 200
@@ -92,8 +96,11 @@ def list_events(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut,
-             responses={409: {"description": "the job already succeeded or failed"}})
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={409: {"description": "the job already succeeded or failed"}},
+)
 def cancel_job(job_id: str, tenant: TenantDep, db: DatabaseDep) -> JobOut:
     """Cooperative: queued -> cancelled at once; running -> cancelling, and the worker
     stops at its next outer step (-> cancelled)."""
@@ -103,9 +110,13 @@ def cancel_job(job_id: str, tenant: TenantDep, db: DatabaseDep) -> JobOut:
 @router.get(
     "/{job_id}/summary",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}},
-                     "description": "the .safetensors summary"},
-               409: {"description": "the job has not succeeded"}},
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "the .safetensors summary",
+        },
+        409: {"description": "the job has not succeeded"},
+    },
 )
 def download_summary(job_id: str, tenant: TenantDep, db: DatabaseDep) -> Response:
     art = service.summary(db, tenant, job_id)

@@ -36,7 +36,10 @@ def create_key(db: Database, tenant_name: str) -> tuple[Tenant, str]:
             session.flush()
         session.add(
             ApiKey(
-                id=new_id("key"), tenant_id=tenant.id, prefix=key[:10], key_hash=hash_key(key),
+                id=new_id("key"),
+                tenant_id=tenant.id,
+                prefix=key[:10],
+                key_hash=hash_key(key),
                 created_at=utcnow(),
             )
         )

@@ -52,7 +52,8 @@ def parse_upload(path: Path, opts: UploadOptions, sha256: str) -> ParsedDataset:
 
     if opts.format != "auto" and opts.format not in FORMATS:
         raise APIError(
-            422, "invalid_format",
+            422,
+            "invalid_format",
             f"unknown format {opts.format!r}; one of: auto, {', '.join(sorted(FORMATS))}",
         )
     try:
@@ -60,12 +61,18 @@ def parse_upload(path: Path, opts: UploadOptions, sha256: str) -> ParsedDataset:
     except ValidationError as exc:
         from api.errors import format_validation_errors
 
-        raise APIError(422, "invalid_preprocessing",
-                       format_validation_errors(exc.errors())) from exc
+        raise APIError(
+            422, "invalid_preprocessing", format_validation_errors(exc.errors())
+        ) from exc
     try:
         inter = read_interactions(
-            path, fmt=opts.format, user_col=opts.user_col, item_col=opts.item_col,
-            time_col=opts.time_col, rating_col=opts.rating_col, delimiter=opts.delimiter,
+            path,
+            fmt=opts.format,
+            user_col=opts.user_col,
+            item_col=opts.item_col,
+            time_col=opts.time_col,
+            rating_col=opts.rating_col,
+            delimiter=opts.delimiter,
             has_header=opts.has_header,
         )
         dataset = build_dataset(inter, settings)
@@ -73,8 +80,10 @@ def parse_upload(path: Path, opts: UploadOptions, sha256: str) -> ParsedDataset:
         raise APIError(422, "invalid_data", _rename(str(exc), path, opts.filename)) from exc
     dataset.source_sha256 = sha256
     return ParsedDataset(
-        dataset_to_bytes(dataset), dataset.stats().as_dict(),
-        settings.model_dump(mode="json"), inter.fmt,
+        dataset_to_bytes(dataset),
+        dataset.stats().as_dict(),
+        settings.model_dump(mode="json"),
+        inter.fmt,
     )
 
 
@@ -84,14 +93,26 @@ def _rename(message: str, path: Path, filename: str) -> str:
 
 
 def create(
-    db: Database, tenant: Tenant, opts: UploadOptions, parsed: ParsedDataset, *,
-    size: int, sha256: str,
+    db: Database,
+    tenant: Tenant,
+    opts: UploadOptions,
+    parsed: ParsedDataset,
+    *,
+    size: int,
+    sha256: str,
 ) -> Dataset:
     row = Dataset(
-        id=new_id("ds"), tenant_id=tenant.id, name=opts.name, filename=opts.filename,
+        id=new_id("ds"),
+        tenant_id=tenant.id,
+        name=opts.name,
+        filename=opts.filename,
         format=parsed.format,
-        size_bytes=size, sha256=sha256, preprocessing=parsed.preprocessing, stats=parsed.stats,
-        content=parsed.content, created_at=utcnow(),
+        size_bytes=size,
+        sha256=sha256,
+        preprocessing=parsed.preprocessing,
+        stats=parsed.stats,
+        content=parsed.content,
+        created_at=utcnow(),
     )
     with db.transaction() as session:
         session.add(row)
@@ -99,8 +120,16 @@ def create(
 
 
 _META = (
-    Dataset.id, Dataset.tenant_id, Dataset.name, Dataset.filename, Dataset.format,
-    Dataset.size_bytes, Dataset.sha256, Dataset.preprocessing, Dataset.stats, Dataset.created_at,
+    Dataset.id,
+    Dataset.tenant_id,
+    Dataset.name,
+    Dataset.filename,
+    Dataset.format,
+    Dataset.size_bytes,
+    Dataset.sha256,
+    Dataset.preprocessing,
+    Dataset.stats,
+    Dataset.created_at,
 )
 
 
@@ -125,8 +154,7 @@ def list_(
     db: Database, tenant: Tenant, *, limit: int, cursor: str | None
 ) -> tuple[list, str | None]:
     query = _meta_query().where(Dataset.tenant_id == tenant.id)
-    return newest_first_page(db, query, Dataset.created_at, Dataset.id, limit=limit,
-                             cursor=cursor)
+    return newest_first_page(db, query, Dataset.created_at, Dataset.id, limit=limit, cursor=cursor)
 
 
 def delete_(db: Database, tenant: Tenant, dataset_id: str) -> None:
@@ -139,12 +167,14 @@ def delete_(db: Database, tenant: Tenant, dataset_id: str) -> None:
         if row is None:
             raise not_found("dataset", dataset_id)
         busy = session.scalar(
-            select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
+            select(Job.id)
+            .where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
             .limit(1)
         )
         if busy is not None:
             raise APIError(
-                409, "dataset_in_use",
+                409,
+                "dataset_in_use",
                 f"dataset {dataset_id!r} is used by job {busy!r}, which has not finished; "
                 "cancel it or wait for it to finish",
             )

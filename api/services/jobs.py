@@ -52,9 +52,7 @@ def _event(session: Session, job_id: str, kind: str, data: dict[str, Any]) -> No
     session.add(JobEvent(job_id=job_id, kind=kind, data=data, created_at=utcnow()))
 
 
-def _transition(
-    session: Session, job_id: str, allowed: Sequence[str], **values: Any
-) -> bool:
+def _transition(session: Session, job_id: str, allowed: Sequence[str], **values: Any) -> bool:
     """UPDATE jobs SET ... WHERE id = :id AND status IN allowed; True if it applied."""
     values.setdefault("updated_at", utcnow())
     result = session.execute(
@@ -72,12 +70,14 @@ def _transition(
 def _replay(job: Job, body_hash: str) -> Job:
     if job.request_hash != body_hash:
         raise APIError(
-            422, "idempotency_key_reused",
+            422,
+            "idempotency_key_reused",
             "this Idempotency-Key was already used with a different request body",
         )
     if job.enqueued_at is None and job.status == QUEUED:
         raise APIError(
-            409, "request_in_progress",
+            409,
+            "request_in_progress",
             "a request with this Idempotency-Key is still being processed; retry shortly",
         )
     return job
@@ -100,9 +100,17 @@ def create(
     """Returns (job, created). The task is enqueued only after the row is committed."""
     body_hash = request_hash(body)
     job = Job(
-        id=new_id("job"), tenant_id=tenant.id, dataset_id=dataset_id, status=QUEUED,
-        config=config, attempts=0, cancel_requested=False, idempotency_key=idempotency_key,
-        request_hash=body_hash, created_at=utcnow(), updated_at=utcnow(),
+        id=new_id("job"),
+        tenant_id=tenant.id,
+        dataset_id=dataset_id,
+        status=QUEUED,
+        config=config,
+        attempts=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+        created_at=utcnow(),
+        updated_at=utcnow(),
     )
     try:
         with db.transaction() as session:
@@ -155,7 +163,12 @@ def get(db: Database, tenant: Tenant, job_id: str) -> Job:
 
 
 def list_(
-    db: Database, tenant: Tenant, *, limit: int, cursor: str | None, status: str | None,
+    db: Database,
+    tenant: Tenant,
+    *,
+    limit: int,
+    cursor: str | None,
+    status: str | None,
     dataset_id: str | None,
 ) -> tuple[list[Job], str | None]:
     query = select(Job).where(Job.tenant_id == tenant.id)
@@ -167,7 +180,12 @@ def list_(
 
 
 def events(
-    db: Database, tenant: Tenant, job_id: str, *, limit: int, cursor: str | None,
+    db: Database,
+    tenant: Tenant,
+    job_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
     kind: str | None,
 ) -> tuple[list[JobEvent], str | None]:
     get(db, tenant, job_id)
@@ -201,8 +219,14 @@ def cancel(db: Database, tenant: Tenant, job_id: str) -> Job:
             raise not_found("job", job_id)
         now = utcnow()
         if _transition(
-            session, job_id, [QUEUED], status=CANCELLED, cancel_requested=True, finished_at=now,
-            error_code="cancelled", error_message="cancelled by the client before it started",
+            session,
+            job_id,
+            [QUEUED],
+            status=CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+            error_code="cancelled",
+            error_message="cancelled by the client before it started",
         ) or _transition(session, job_id, [RUNNING], status=CANCELLING, cancel_requested=True):
             pass
         else:
@@ -278,7 +302,12 @@ def worker_host(worker: str) -> str:
 
 
 def begin_attempt(
-    db: Database, job_id: str, *, max_attempts: int, worker: str, pid: int,
+    db: Database,
+    job_id: str,
+    *,
+    max_attempts: int,
+    worker: str,
+    pid: int,
     lease_seconds: float,
 ) -> Start:
     """Claim a delivered job: count the attempt, move it to running, load its inputs.
@@ -296,21 +325,33 @@ def begin_attempt(
             return Start(False, f"already running on {job.worker} (pid {job.worker_pid})")
         if job.status == CANCELLING or job.cancel_requested:
             _transition(
-                session, job_id, [QUEUED, RUNNING, CANCELLING], status=CANCELLED, finished_at=now,
-                error_code="cancelled", error_message="cancelled by the client",
+                session,
+                job_id,
+                [QUEUED, RUNNING, CANCELLING],
+                status=CANCELLED,
+                finished_at=now,
+                error_code="cancelled",
+                error_message="cancelled by the client",
             )
             return Start(False, "cancelled")
         attempts = job.attempts + 1
         if attempts > max_attempts:
             _transition(
-                session, job_id, [QUEUED, RUNNING], status=FAILED, finished_at=now,
-                attempts=job.attempts, error_code="worker_lost",
+                session,
+                job_id,
+                [QUEUED, RUNNING],
+                status=FAILED,
+                finished_at=now,
+                attempts=job.attempts,
+                error_code="worker_lost",
                 error_message=f"the worker running this job was lost {job.attempts} times "
                 f"(limit {max_attempts}); giving up",
             )
             return Start(False, "worker_lost")
         values: dict[str, Any] = {
-            "attempts": attempts, "worker": worker, "worker_pid": pid,
+            "attempts": attempts,
+            "worker": worker,
+            "worker_pid": pid,
             "started_at": job.started_at or now,
         }
         if job.status == QUEUED:
@@ -323,8 +364,13 @@ def begin_attempt(
         dataset = session.scalar(select(Dataset.content).where(Dataset.id == job.dataset_id))
         if dataset is None:
             _transition(
-                session, job_id, [RUNNING], status=FAILED, finished_at=now,
-                error_code="dataset_missing", error_message="the job's dataset was deleted",
+                session,
+                job_id,
+                [RUNNING],
+                status=FAILED,
+                finished_at=now,
+                error_code="dataset_missing",
+                error_message="the job's dataset was deleted",
             )
             return Start(False, "dataset_missing")
         ckpt = session.scalar(select(Checkpoint.content).where(Checkpoint.job_id == job_id))
@@ -359,7 +405,11 @@ def save_checkpoint(db: Database, job_id: str, blob: bytes) -> None:
         if row is None:
             session.add(
                 Checkpoint(
-                    job_id=job_id, content=blob, sha256=digest, size_bytes=len(blob), sequence=1,
+                    job_id=job_id,
+                    content=blob,
+                    sha256=digest,
+                    size_bytes=len(blob),
+                    sequence=1,
                     created_at=utcnow(),
                 )
             )
@@ -370,23 +420,37 @@ def save_checkpoint(db: Database, job_id: str, blob: bytes) -> None:
 
 
 def succeed(
-    db: Database, job_id: str, *, summary: bytes, report: dict[str, Any],
+    db: Database,
+    job_id: str,
+    *,
+    summary: bytes,
+    report: dict[str, Any],
     metrics: dict[str, Any] | None,
 ) -> bool:
     digest = hashlib.sha256(summary).hexdigest()
     with db.transaction() as session:
         now = utcnow()
         applied = _transition(
-            session, job_id, [RUNNING, CANCELLING], status=SUCCEEDED, finished_at=now,
+            session,
+            job_id,
+            [RUNNING, CANCELLING],
+            status=SUCCEEDED,
+            finished_at=now,
             metrics=metrics,
         )
         if not applied:
             return False
         session.add(
             Artifact(
-                id=new_id("art"), job_id=job_id, kind="summary",
-                filename=f"{job_id}-summary.safetensors", media_type="application/octet-stream",
-                sha256=digest, size_bytes=len(summary), content=summary, created_at=now,
+                id=new_id("art"),
+                job_id=job_id,
+                kind="summary",
+                filename=f"{job_id}-summary.safetensors",
+                media_type="application/octet-stream",
+                sha256=digest,
+                size_bytes=len(summary),
+                content=summary,
+                created_at=now,
             )
         )
         session.add(Report(job_id=job_id, content=report, created_at=now))
@@ -400,8 +464,13 @@ def finish(db: Database, job_id: str, status: str, *, code: str, message: str) -
     """running/cancelling -> failed | cancelled."""
     with db.transaction() as session:
         return _transition(
-            session, job_id, [RUNNING, CANCELLING], status=status, finished_at=utcnow(),
-            error_code=code, error_message=message[:10_000],
+            session,
+            job_id,
+            [RUNNING, CANCELLING],
+            status=status,
+            finished_at=utcnow(),
+            error_code=code,
+            error_message=message[:10_000],
         )
 
 
@@ -432,9 +501,15 @@ def orphaned_jobs(db: Database, *, lease_seconds: float) -> list[str]:
                 requeue.append(job.id)
             elif runner_gone(job, lease_seconds=lease_seconds):
                 if job.status == CANCELLING:
-                    _transition(session, job.id, [CANCELLING], status=CANCELLED,
-                                finished_at=utcnow(), error_code="cancelled",
-                                error_message="cancelled by the client")
+                    _transition(
+                        session,
+                        job.id,
+                        [CANCELLING],
+                        status=CANCELLED,
+                        finished_at=utcnow(),
+                        error_code="cancelled",
+                        error_message="cancelled by the client",
+                    )
                 else:
                     requeue.append(job.id)
         return requeue

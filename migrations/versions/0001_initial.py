@@ -29,7 +29,9 @@ def upgrade() -> None:
         "api_keys",
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column(
-            "tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            "tenant_id",
+            sa.String(40),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("prefix", sa.String(16), nullable=False),
@@ -42,7 +44,9 @@ def upgrade() -> None:
         "datasets",
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column(
-            "tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            "tenant_id",
+            sa.String(40),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("name", sa.String(200), nullable=False),
@@ -61,11 +65,15 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column(
-            "tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+            "tenant_id",
+            sa.String(40),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column(
-            "dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="SET NULL"),
+            "dataset_id",
+            sa.String(40),
+            sa.ForeignKey("datasets.id", ondelete="SET NULL"),
             nullable=True,
         ),
         sa.Column("status", sa.String(16), nullable=False),
@@ -109,7 +117,9 @@ def upgrade() -> None:
     op.create_table(
         "checkpoints",
         sa.Column(
-            "job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            "job_id",
+            sa.String(40),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("content", sa.LargeBinary(), nullable=False),
@@ -137,7 +147,9 @@ def upgrade() -> None:
     op.create_table(
         "reports",
         sa.Column(
-            "job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+            "job_id",
+            sa.String(40),
+            sa.ForeignKey("jobs.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("content", sa.JSON(), nullable=False),
@@ -146,6 +158,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("reports", "artifacts", "checkpoints", "job_events", "jobs", "datasets",
-                  "api_keys", "tenants"):
+    for table in (
+        "reports",
+        "artifacts",
+        "checkpoints",
+        "job_events",
+        "jobs",
+        "datasets",
+        "api_keys",
+        "tenants",
+    ):
         op.drop_table(table)

@@ -30,8 +30,9 @@ class PreprocessConfig(BaseModel):
 
     dedup: Literal["none", "keep-first", "keep-last"] = "none"
     kcore: Literal["none", "one-pass", "iterative"] = Field(
-        "one-pass", description="'one-pass': users and items both counted on the unfiltered "
-        "data (the TD3 authors' filter); 'iterative': repeat until every count holds"
+        "one-pass",
+        description="'one-pass': users and items both counted on the unfiltered "
+        "data (the TD3 authors' filter); 'iterative': repeat until every count holds",
     )
     min_user: int = Field(5, ge=1)
     min_item: int = Field(5, ge=1)
@@ -53,8 +54,9 @@ def build_dataset(inter: Interactions, config: PreprocessConfig | None = None) -
     keep = np.ones(n_raw, dtype=bool)
     if config.min_rating is not None:
         if inter.ratings is None:
-            raise DataError("min_rating is set but the data has no rating column",
-                            file=inter.source or None)
+            raise DataError(
+                "min_rating is set but the data has no rating column", file=inter.source or None
+            )
         keep &= np.asarray(inter.ratings) >= config.min_rating
     dropped_by_rating = int(n_raw - keep.sum())
 

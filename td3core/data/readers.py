@@ -88,8 +88,17 @@ def read_interactions(
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror})", file=name) from None
     return _read(
-        lambda: path.open("rb"), name, digest.hexdigest(), fmt, user_col, item_col,
-        time_col, rating_col, delimiter, columns, has_header,
+        lambda: path.open("rb"),
+        name,
+        digest.hexdigest(),
+        fmt,
+        user_col,
+        item_col,
+        time_col,
+        rating_col,
+        delimiter,
+        columns,
+        has_header,
     )
 
 
@@ -109,8 +118,17 @@ def read_interactions_bytes(
     """`read_interactions` on in-memory bytes (an HTTP upload); `name` is used for
     format detection and in error messages."""
     return _read(
-        lambda: io.BytesIO(data), name, hashlib.sha256(data).hexdigest(), fmt, user_col,
-        item_col, time_col, rating_col, delimiter, columns, has_header,
+        lambda: io.BytesIO(data),
+        name,
+        hashlib.sha256(data).hexdigest(),
+        fmt,
+        user_col,
+        item_col,
+        time_col,
+        rating_col,
+        delimiter,
+        columns,
+        has_header,
     )
 
 
@@ -171,16 +189,19 @@ def _read(
                 raise DataError(
                     f"wrong number of fields: expected {len(cols.names)} "
                     f"({', '.join(cols.names)}), found {len(fields)}",
-                    file=name, line=line_no,
+                    file=name,
+                    line=line_no,
                 )
             user = fields[cols.user].strip()
             item = fields[cols.item].strip()
             if not user:
-                raise DataError(f"empty user id (column {cols.names[cols.user]!r})",
-                                file=name, line=line_no)
+                raise DataError(
+                    f"empty user id (column {cols.names[cols.user]!r})", file=name, line=line_no
+                )
             if not item:
-                raise DataError(f"empty item id (column {cols.names[cols.item]!r})",
-                                file=name, line=line_no)
+                raise DataError(
+                    f"empty item id (column {cols.names[cols.item]!r})", file=name, line=line_no
+                )
             users.append(user)
             items.append(item)
             if cols.time is None:
@@ -229,7 +250,8 @@ def _lines(open_raw: Callable[[], BinaryIO], name: str) -> Iterator[tuple[int, s
                 bad = data[e.start : e.start + 4]
                 raise DataError(
                     f"undecodable bytes {bad!r} at column {e.start + 1} (the file must be UTF-8)",
-                    file=name, line=line_no,
+                    file=name,
+                    line=line_no,
                 ) from None
             if line_no == 1:
                 text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark is not data
@@ -266,8 +288,9 @@ def _resolve(
         if col in names:
             return names.index(col)
         found = ", ".join(repr(n) for n in names)
-        raise DataError(f"missing required column {col!r}; columns found: {found}{hint}",
-                        file=file, line=line)
+        raise DataError(
+            f"missing required column {col!r}; columns found: {found}{hint}", file=file, line=line
+        )
 
     rating: int | None = None
     if rating_col is not None:
@@ -284,7 +307,10 @@ def _resolve(
 
 
 def _detect(
-    open_raw: Callable[[], BinaryIO], name: str, user_col: str, item_col: str,
+    open_raw: Callable[[], BinaryIO],
+    name: str,
+    user_col: str,
+    item_col: str,
     delimiter: str | None,
 ) -> tuple[str, str | None]:
     """Guess (format, delimiter) from the file name, then from the first non-blank line."""
@@ -316,7 +342,8 @@ def _detect(
         raise DataError(
             "the first line is not a header (all its fields are numbers); pass fmt= one of "
             f"{', '.join(FORMATS)}, or columns=(...) for a file without a header",
-            file=name, line=first_no,
+            file=name,
+            line=first_no,
         )
     return ("tsv" if delim == "\t" else "csv"), delim
 

@@ -22,8 +22,9 @@ def leave_one_out(dataset: SequenceDataset, max_len: int) -> Split:
     """
     if max_len < 1:
         raise ConfigError(f"max_len must be >= 1, got {max_len}")
-    lengths = np.fromiter((len(s) for s in dataset.sequences), dtype=np.int64,
-                          count=dataset.n_users)
+    lengths = np.fromiter(
+        (len(s) for s in dataset.sequences), dtype=np.int64, count=dataset.n_users
+    )
     short = np.flatnonzero(lengths < 3)
     if len(short):
         u = int(short[0])
@@ -31,8 +32,11 @@ def leave_one_out(dataset: SequenceDataset, max_len: int) -> Split:
             f"{len(short)} user(s) have fewer than 3 interactions (e.g. user "
             f"{dataset.user_ids[u]!r} has {int(lengths[u])}); leave-one-out needs 3"
         )
-    flat = (np.concatenate(dataset.sequences).astype(np.int64, copy=False)
-            if dataset.n_users else np.zeros(0, dtype=np.int64))
+    flat = (
+        np.concatenate(dataset.sequences).astype(np.int64, copy=False)
+        if dataset.n_users
+        else np.zeros(0, dtype=np.int64)
+    )
     offsets = np.concatenate(([0], np.cumsum(lengths)))
 
     users = np.arange(dataset.n_users, dtype=np.int64)
@@ -56,8 +60,11 @@ def prefix_samples(sequences: list[np.ndarray], users: np.ndarray, max_len: int)
     """Every prefix of every sequence as a training sample (targets at positions 1..n-1);
     `users[k]` is the user id of `sequences[k]`. Used for budget-sized real samples."""
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    flat = (np.concatenate(sequences).astype(np.int64, copy=False) if len(sequences)
-            else np.zeros(0, dtype=np.int64))
+    flat = (
+        np.concatenate(sequences).astype(np.int64, copy=False)
+        if len(sequences)
+        else np.zeros(0, dtype=np.int64)
+    )
     offsets = np.concatenate(([0], np.cumsum(lengths)))
     n_targets = np.maximum(lengths - 1, 0)
     rows = np.repeat(np.arange(len(sequences), dtype=np.int64), n_targets)

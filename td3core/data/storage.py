@@ -25,8 +25,11 @@ FORMAT = "td3-dataset/1"
 def dataset_to_bytes(ds: SequenceDataset) -> bytes:
     lengths = np.fromiter((len(s) for s in ds.sequences), dtype=np.int64, count=ds.n_users)
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-    items = (np.concatenate(ds.sequences).astype(np.int64) if ds.sequences
-             else np.zeros(0, dtype=np.int64))
+    items = (
+        np.concatenate(ds.sequences).astype(np.int64)
+        if ds.sequences
+        else np.zeros(0, dtype=np.int64)
+    )
     metadata = {
         "format": FORMAT,
         "item_ids": json.dumps(ds.item_ids),
@@ -71,8 +74,12 @@ def _check(
     def bad(why: str) -> DataError:
         return DataError(f"corrupt td3 dataset: {why}")
 
-    if not (isinstance(item_ids, list) and item_ids and item_ids[0] is None
-            and all(isinstance(i, str) for i in item_ids[1:])):
+    if not (
+        isinstance(item_ids, list)
+        and item_ids
+        and item_ids[0] is None
+        and all(isinstance(i, str) for i in item_ids[1:])
+    ):
         raise bad("item_ids must be a list starting with null (padding) then strings")
     if not (isinstance(user_ids, list) and all(isinstance(u, str) for u in user_ids)):
         raise bad("user_ids must be a list of strings")
@@ -80,8 +87,12 @@ def _check(
         raise bad("preprocessing must be an object")
     if items.dtype != np.int64 or offsets.dtype != np.int64 or items.ndim != 1 or offsets.ndim != 1:
         raise bad("items and offsets must be 1-d int64")
-    if (len(offsets) != len(user_ids) + 1 or offsets[0] != 0 or offsets[-1] != len(items)
-            or (np.diff(offsets) < 0).any()):
+    if (
+        len(offsets) != len(user_ids) + 1
+        or offsets[0] != 0
+        or offsets[-1] != len(items)
+        or (np.diff(offsets) < 0).any()
+    ):
         raise bad("offsets do not match the users and items")
     n_items = len(item_ids) - 1
     if len(items) and (items.min() < 1 or items.max() > n_items):

@@ -61,8 +61,11 @@ def generate_interactions(
     for t in range(steps):
         u = rng.random(n_users)
         # Cluster move: stay, else next cluster (70 %), else a uniformly random one.
-        moved = np.where(u < stay + (1 - stay) * 0.7, (cluster + 1) % n_clusters,
-                         rng.integers(0, n_clusters, size=n_users))
+        moved = np.where(
+            u < stay + (1 - stay) * 0.7,
+            (cluster + 1) % n_clusters,
+            rng.integers(0, n_clusters, size=n_users),
+        )
         cluster = np.where(u < stay, cluster, moved)
         rank = np.minimum(np.searchsorted(rank_cdf, rng.random(n_users)), sizes.max() - 1)
         popular = cluster + (rank % sizes[cluster]) * n_clusters
@@ -101,8 +104,11 @@ def interactions_to_csv_bytes(inter: Interactions) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     has_rating = inter.ratings is not None
-    writer.writerow(["user_id", "item_id", "rating", "timestamp"] if has_rating
-                    else ["user_id", "item_id", "timestamp"])
+    writer.writerow(
+        ["user_id", "item_id", "rating", "timestamp"]
+        if has_rating
+        else ["user_id", "item_id", "timestamp"]
+    )
     times = [_number(t) for t in inter.timestamps.tolist()]
     if inter.ratings is not None:
         rates = [_number(r) for r in inter.ratings.tolist()]

@@ -25,8 +25,9 @@ MASK_VALUE = -10000.0
 class SelfAttention(nn.Module):
     """Multi-head self-attention + dropout + residual + LayerNorm (post-LN)."""
 
-    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float,
-                 eps: float):
+    def __init__(
+        self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float, eps: float
+    ):
         super().__init__()
         assert hidden % heads == 0, f"hidden ({hidden}) must be divisible by heads ({heads})"
         self.heads = heads
@@ -69,8 +70,15 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, inner: int, attn_dropout: float,
-                 hidden_dropout: float, eps: float):
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        inner: int,
+        attn_dropout: float,
+        hidden_dropout: float,
+        eps: float,
+    ):
         super().__init__()
         self.attention = SelfAttention(hidden, heads, attn_dropout, hidden_dropout, eps)
         self.feed_forward = FeedForward(hidden, inner, hidden_dropout, eps)
@@ -80,9 +88,18 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    def __init__(self, n_items: int, max_len: int, hidden: int = 32, heads: int = 1,
-                 layers: int = 1, inner: int = 64, attn_dropout: float = 0.5,
-                 hidden_dropout: float = 0.2, eps: float = 1e-12):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        hidden: int = 32,
+        heads: int = 1,
+        layers: int = 1,
+        inner: int = 64,
+        attn_dropout: float = 0.5,
+        hidden_dropout: float = 0.2,
+        eps: float = 1e-12,
+    ):
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
@@ -98,9 +115,16 @@ class SASRec(nn.Module):
 
     @classmethod
     def from_config(cls, n_items: int, max_len: int, cfg: ModelConfig) -> SASRec:
-        return cls(n_items, max_len, hidden=cfg.hidden, heads=cfg.heads, layers=cfg.layers,
-                   inner=cfg.inner, attn_dropout=cfg.attn_dropout,
-                   hidden_dropout=cfg.hidden_dropout)
+        return cls(
+            n_items,
+            max_len,
+            hidden=cfg.hidden,
+            heads=cfg.heads,
+            layers=cfg.layers,
+            inner=cfg.inner,
+            attn_dropout=cfg.attn_dropout,
+            hidden_dropout=cfg.hidden_dropout,
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -113,8 +137,12 @@ class SASRec(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def sequence_features(self, items: Tensor | None = None, lengths: Tensor | None = None,
-                          probs: Tensor | None = None) -> Tensor:
+    def sequence_features(
+        self,
+        items: Tensor | None = None,
+        lengths: Tensor | None = None,
+        probs: Tensor | None = None,
+    ) -> Tensor:
         """Last-layer hidden states [B, L, H].
 
         items: [B, L] right-padded ids (0 = padding); valid positions are `< lengths`
@@ -129,13 +157,17 @@ class SASRec(nn.Module):
         else:
             assert probs is not None
             if probs.shape[-1] != self.n_items + 1:
-                raise ValueError(f"probs has {probs.shape[-1]} columns, expected "
-                                 f"n_items + 1 = {self.n_items + 1}")
+                raise ValueError(
+                    f"probs has {probs.shape[-1]} columns, expected "
+                    f"n_items + 1 = {self.n_items + 1}"
+                )
             emb = probs @ self.item_embedding.weight  # [B, L, n+1] @ [n+1, H] -> [B, L, H]
         B, L, _ = emb.shape
         if emb.shape[1] > self.max_len:
-            raise ValueError(f"input length {L} exceeds max_len {self.max_len} "
-                             "(the model has no position embedding beyond it)")
+            raise ValueError(
+                f"input length {L} exceeds max_len {self.max_len} "
+                "(the model has no position embedding beyond it)"
+            )
         positions = torch.arange(L, device=emb.device)
         x = self.dropout(self.norm(emb + self.position_embedding(positions)))
 
@@ -170,9 +202,13 @@ class SASRec(nn.Module):
     def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
         return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
 
-    def forward(self, items: Tensor | None = None, lengths: Tensor | None = None,
-                probs: Tensor | None = None,
-                output: Literal["features", "last", "logits", "scores"] = "features") -> Tensor:
+    def forward(
+        self,
+        items: Tensor | None = None,
+        lengths: Tensor | None = None,
+        probs: Tensor | None = None,
+        output: Literal["features", "last", "logits", "scores"] = "features",
+    ) -> Tensor:
         """One entry point for `torch.func.functional_call`, which only calls forward.
 
         "features" [B, L, H] and "logits" [B, L, n+1] cover every position; "last"
@@ -181,8 +217,7 @@ class SASRec(nn.Module):
         """
         features = self.sequence_features(items, lengths, probs)  # [B, L, H]
         if output in ("last", "scores"):
-            features = (features[:, -1] if lengths is None
-                        else self.gather_last(features, lengths))
+            features = features[:, -1] if lengths is None else self.gather_last(features, lengths)
         if output in ("logits", "scores"):
             return self.logits(features)
         return features

@@ -96,8 +96,13 @@ def worker(settings, tmp_path_factory):
     """A real Celery worker process (prefork, 2 children) on the test queues."""
     log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
     with log.open("wb") as out:
-        proc = start_worker(settings, concurrency=2, env={"OMP_NUM_THREADS": "1"},
-                            stdout=out, stderr=subprocess.STDOUT)
+        proc = start_worker(
+            settings,
+            concurrency=2,
+            env={"OMP_NUM_THREADS": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     time.sleep(0.5)
     assert proc.poll() is None, log.read_text()
     yield proc
@@ -150,7 +155,11 @@ def synthetic_csv(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="session")
 def dataset(client, auth, synthetic_csv) -> dict:
-    r = client.post("/v1/datasets", params={"filename": "synthetic.csv", "name": "synthetic"},
-                    content=synthetic_csv, headers=auth)
+    r = client.post(
+        "/v1/datasets",
+        params={"filename": "synthetic.csv", "name": "synthetic"},
+        content=synthetic_csv,
+        headers=auth,
+    )
     assert r.status_code == 201, r.text
     return r.json()

@@ -20,13 +20,25 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def test_admin_create_key_prints_key_last(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "api.cli", "admin", "create-key", "--tenant", "t1"],
-                       cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "api.cli", "admin", "create-key", "--tenant", "t1"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("td3_")
     assert (tmp_path / "td3.db").exists()
-    r = subprocess.run([sys.executable, "-m", "api.cli", "admin", "list-tenants"], cwd=ROOT,
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "api.cli", "admin", "list-tenants"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "t1" in r.stdout
 
 
@@ -34,16 +46,47 @@ def test_admin_create_key_prints_key_last(tmp_path):
 def test_embedded_demo_end_to_end(tmp_path):
     out = tmp_path / "summary.safetensors"
     r = subprocess.run(
-        [sys.executable, "-m", "api.cli", "demo", "--out", str(out), "--timeout", "240",
-         # a tiny job: this test is about the embedded plumbing, not about quality
-         "--users", "4", "--length", "8", "--epochs", "1", "--inner-steps", "4", "--window", "2",
-         "--teacher-steps", "30", "--learner-steps", "10", "--data-users", "60",
-         "--data-items", "40", "--data-length", "12"],
-        cwd=tmp_path, env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "demo",
+            "--out",
+            str(out),
+            "--timeout",
+            "240",
+            # a tiny job: this test is about the embedded plumbing, not about quality
+            "--users",
+            "4",
+            "--length",
+            "8",
+            "--epochs",
+            "1",
+            "--inner-steps",
+            "4",
+            "--window",
+            "2",
+            "--teacher-steps",
+            "30",
+            "--learner-steps",
+            "10",
+            "--data-users",
+            "60",
+            "--data-items",
+            "40",
+            "--data-length",
+            "12",
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = tmp_path / "home" / "demo-serve.log"
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + (
-        log.read_text()[-3000:] if log.exists() else "")
+    assert r.returncode == 0, (
+        r.stdout[-3000:] + r.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
+    )
     assert "verified" in r.stdout and '"format": "td3-report/1"' in r.stdout
     assert "| summary |" in r.stdout  # the evaluation table
     assert "[teacher]" in r.stdout

@@ -28,8 +28,11 @@ def _count(db, model) -> int:
 
 def _submit(client, auth, dataset_id, config=None, key=None):
     headers = {**auth, "Idempotency-Key": key or secrets.token_hex(8)}
-    return client.post("/v1/jobs", json={"dataset_id": dataset_id, "config": config or TINY_CONFIG},
-                       headers=headers)
+    return client.post(
+        "/v1/jobs",
+        json={"dataset_id": dataset_id, "config": config or TINY_CONFIG},
+        headers=headers,
+    )
 
 
 def _wait(client, auth, job_id, until, timeout=180.0) -> dict:
@@ -110,8 +113,9 @@ def test_downloaded_summary_reproduces_the_reported_metrics(
     reported = client.get(f"/v1/jobs/{job['id']}/report", headers=auth).json()["evaluation"]
 
     capsys.readouterr()
-    assert main(["evaluate", str(data), "--summary", str(summary), "--device", "cpu",
-                 "--quiet"]) == 0
+    assert (
+        main(["evaluate", str(data), "--summary", str(summary), "--device", "cpu", "--quiet"]) == 0
+    )
     measured = json.loads(capsys.readouterr().out)["summary"]
     for key in ("uni100", "full", "valid_mrr10", "steps", "runs"):
         assert measured[key] == reported["summary"][key], key
@@ -172,12 +176,26 @@ def test_idempotent_create_in_flight_is_409(idle_client, auth, dataset, db):
 
     def enqueue(job_id: str) -> None:
         with pytest.raises(APIError) as exc:
-            jobs_service.create(db, tenant, dataset_id=dataset["id"], config={}, body=body,
-                                idempotency_key=key, enqueue=lambda _id: None)
+            jobs_service.create(
+                db,
+                tenant,
+                dataset_id=dataset["id"],
+                config={},
+                body=body,
+                idempotency_key=key,
+                enqueue=lambda _id: None,
+            )
         seen.append(exc.value.status)
 
-    job, created = jobs_service.create(db, tenant, dataset_id=dataset["id"], config={},
-                                       body=body, idempotency_key=key, enqueue=enqueue)
+    job, created = jobs_service.create(
+        db,
+        tenant,
+        dataset_id=dataset["id"],
+        config={},
+        body=body,
+        idempotency_key=key,
+        enqueue=enqueue,
+    )
     assert created and seen == [409]
     r = _submit(idle_client, auth, dataset["id"], key=key)
     assert r.status_code == 200 and r.json()["id"] == job.id
@@ -191,8 +209,9 @@ def test_job_pagination_and_filters(idle_client, client, db, synthetic_csv):
     from tests.integration.conftest import _auth
 
     auth = _auth(db, "pager")
-    ds = client.post("/v1/datasets", params={"filename": "s.csv"}, content=synthetic_csv,
-                     headers=auth).json()
+    ds = client.post(
+        "/v1/datasets", params={"filename": "s.csv"}, content=synthetic_csv, headers=auth
+    ).json()
     ids = [_submit(idle_client, auth, ds["id"]).json()["id"] for _ in range(5)]
     seen, cursor = [], None
     while True:
@@ -207,8 +226,9 @@ def test_job_pagination_and_filters(idle_client, client, db, synthetic_csv):
     client.post(f"/v1/jobs/{ids[0]}/cancel", headers=auth)
     cancelled = client.get("/v1/jobs", params={"status": "cancelled"}, headers=auth).json()
     assert [j["id"] for j in cancelled["items"]] == [ids[0]]
-    by_ds = client.get("/v1/jobs", params={"dataset_id": ds["id"], "limit": 200},
-                       headers=auth).json()
+    by_ds = client.get(
+        "/v1/jobs", params={"dataset_id": ds["id"], "limit": 200}, headers=auth
+    ).json()
     assert len(by_ds["items"]) == 5
     bad = client.get("/v1/jobs", params={"cursor": "nonsense"}, headers=auth)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_cursor"
@@ -226,16 +246,19 @@ def test_job_pagination_and_filters(idle_client, client, db, synthetic_csv):
 def test_auth_and_tenant_isolation(client, idle_client, auth, other_auth, dataset):
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok",
-                                                                    "broker": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     for headers in ({}, {"Authorization": "Bearer td3_wrong"}, {"Authorization": "Basic abc"}):
         r = client.get("/v1/datasets", headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert client.post("/v1/jobs", json={}, headers={}).status_code == 401
     job = _submit(idle_client, auth, dataset["id"]).json()
-    for path in (f"/v1/datasets/{dataset['id']}", f"/v1/jobs/{job['id']}",
-                 f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/summary",
-                 f"/v1/jobs/{job['id']}/report"):
+    for path in (
+        f"/v1/datasets/{dataset['id']}",
+        f"/v1/jobs/{job['id']}",
+        f"/v1/jobs/{job['id']}/events",
+        f"/v1/jobs/{job['id']}/summary",
+        f"/v1/jobs/{job['id']}/report",
+    ):
         assert client.get(path, headers=other_auth).status_code == 404, path
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=other_auth).status_code == 404
     assert client.delete(f"/v1/datasets/{dataset['id']}", headers=other_auth).status_code == 404
@@ -250,8 +273,12 @@ def test_readyz_reports_a_dead_broker_and_database(settings):
 
     from api.main import create_app
 
-    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0",
-                                         "database_url": "postgresql+psycopg://x@127.0.0.1:1/x"})
+    broken = settings.model_copy(
+        update={
+            "broker_url": "redis://127.0.0.1:1/0",
+            "database_url": "postgresql+psycopg://x@127.0.0.1:1/x",
+        }
+    )
     with TestClient(create_app(broken)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503
@@ -273,13 +300,20 @@ BIG = b"user_id,item_id,timestamp\n" + b"1,2,3\n" * 20_000
         ({"format": "parquet"}, b"user_id,item_id,timestamp\n1,2,3\n", 422, "format"),
         ({"min_user": -1}, b"user_id,item_id,timestamp\n1,2,3\n", 422, "min_user"),
     ],
-    ids=["empty", "bad-column", "non-numeric-timestamp", "too-large", "unknown-format",
-         "negative-option"],
+    ids=[
+        "empty",
+        "bad-column",
+        "non-numeric-timestamp",
+        "too-large",
+        "unknown-format",
+        "negative-option",
+    ],
 )
 def test_invalid_uploads_leave_nothing(client, auth, db, params, body, status, needle):
     before = _count(db, Dataset)
-    r = client.post("/v1/datasets", params={"filename": "bad.csv", **params}, content=body,
-                    headers=auth)
+    r = client.post(
+        "/v1/datasets", params={"filename": "bad.csv", **params}, content=body, headers=auth
+    )
     assert r.status_code == status, r.text
     message = r.json()["error"]["message"]
     assert needle in message, message
@@ -295,8 +329,7 @@ def test_upload_too_large_while_streaming(client, auth, db):
         for _ in range(100):
             yield b"1,2,3\n" * 200
 
-    r = client.post("/v1/datasets", params={"filename": "big.csv"}, content=chunks(),
-                    headers=auth)
+    r = client.post("/v1/datasets", params={"filename": "big.csv"}, content=chunks(), headers=auth)
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
     assert _count(db, Dataset) == before
 
@@ -311,8 +344,14 @@ def test_upload_too_large_while_streaming(client, auth, db):
         ({"rank": 0}, "rank"),
         ({"teacher": {"max_steps": -5}}, "max_steps"),
     ],
-    ids=["window-gt-inner", "missing-users", "unknown-field", "negative-epochs", "zero-rank",
-         "negative-nested"],
+    ids=[
+        "window-gt-inner",
+        "missing-users",
+        "unknown-field",
+        "negative-epochs",
+        "zero-rank",
+        "negative-nested",
+    ],
 )
 def test_invalid_configs_leave_nothing(client, auth, dataset, db, change, needle):
     before = _count(db, Job)
@@ -331,8 +370,9 @@ def test_unknown_dataset_is_404(client, auth):
 
 
 def test_delete_dataset_refused_while_used(idle_client, client, auth, synthetic_csv, db):
-    ds = client.post("/v1/datasets", params={"filename": "d.csv"}, content=synthetic_csv,
-                     headers=auth).json()
+    ds = client.post(
+        "/v1/datasets", params={"filename": "d.csv"}, content=synthetic_csv, headers=auth
+    ).json()
     job = _submit(idle_client, auth, ds["id"]).json()
     r = client.delete(f"/v1/datasets/{ds['id']}", headers=auth)
     assert r.status_code == 409 and job["id"] in r.json()["error"]["message"]
@@ -364,14 +404,18 @@ def test_killed_worker_is_redelivered_and_resumes(client, auth, dataset, db, wor
 
     done = _wait(client, auth, job["id"], lambda j: j["status"] in TERMINAL, timeout=180)
     with db.session() as s:
-        events = s.scalars(select(JobEvent).where(JobEvent.job_id == job["id"])
-                           .order_by(JobEvent.id)).all()
+        events = s.scalars(
+            select(JobEvent).where(JobEvent.job_id == job["id"]).order_by(JobEvent.id)
+        ).all()
     trace = [(e.kind, e.data) for e in events if e.kind != "progress"]
     assert done["status"] == "succeeded" and done["attempts"] == 2, (done, trace)
     messages = [e.data.get("message") for e in events if e.kind == "log"]
     assert "resuming from the last checkpoint" in messages, trace
-    resumed_at = next(i for i, e in enumerate(events)
-                      if e.kind == "log" and e.data.get("message", "").startswith("redelivered"))
+    resumed_at = next(
+        i
+        for i, e in enumerate(events)
+        if e.kind == "log" and e.data.get("message", "").startswith("redelivered")
+    )
     after = [e for e in events[resumed_at:] if e.kind == "progress"]
     assert after and all(e.data["stage"] != "teacher" for e in after)
     assert client.get(f"/v1/jobs/{job['id']}/summary", headers=auth).status_code == 200
@@ -382,11 +426,19 @@ def test_redelivery_cap_fails_with_worker_lost(idle_client, auth, dataset, db, s
     from sqlalchemy import update
 
     with db.transaction() as s:
-        s.execute(update(Job).where(Job.id == job["id"])
-                  .values(status="running", attempts=settings.max_attempts))
-    start = jobs_service.begin_attempt(db, job["id"], max_attempts=settings.max_attempts,
-                                       worker="test", pid=os.getpid(),
-                                       lease_seconds=settings.lease_seconds)
+        s.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(status="running", attempts=settings.max_attempts)
+        )
+    start = jobs_service.begin_attempt(
+        db,
+        job["id"],
+        max_attempts=settings.max_attempts,
+        worker="test",
+        pid=os.getpid(),
+        lease_seconds=settings.lease_seconds,
+    )
     assert not start.run and start.reason == "worker_lost"
     got = idle_client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["status"] == "failed" and got["error"]["code"] == "worker_lost"
@@ -420,8 +472,14 @@ def test_second_delivery_of_a_live_job_is_dropped(idle_client, auth, dataset, db
     here = f"td3-test@{socket.gethostname()}"
 
     def attempt():
-        return jobs_service.begin_attempt(db, job["id"], max_attempts=settings.max_attempts,
-                                          worker=here, pid=os.getpid(), lease_seconds=60)
+        return jobs_service.begin_attempt(
+            db,
+            job["id"],
+            max_attempts=settings.max_attempts,
+            worker=here,
+            pid=os.getpid(),
+            lease_seconds=60,
+        )
 
     _as_running(db, job["id"], worker=here, pid=os.getpid())  # alive, on this machine
     start = attempt()
@@ -431,8 +489,9 @@ def test_second_delivery_of_a_live_job_is_dropped(idle_client, auth, dataset, db
     with db.session() as s:
         assert s.scalar(select(Job.attempts).where(Job.id == job["id"])) == 0
 
-    _as_running(db, job["id"], worker="td3@elsewhere", pid=1,
-                updated_at=utcnow() - timedelta(seconds=120))  # lease expired
+    _as_running(
+        db, job["id"], worker="td3@elsewhere", pid=1, updated_at=utcnow() - timedelta(seconds=120)
+    )  # lease expired
     assert attempt().run
     _as_running(db, job["id"], worker=here, pid=_dead_pid())  # its process is gone
     start = attempt()
@@ -440,8 +499,9 @@ def test_second_delivery_of_a_live_job_is_dropped(idle_client, auth, dataset, db
     jobs_service.finish(db, job["id"], "cancelled", code="cancelled", message="test over")
 
 
-def test_orphaned_job_is_requeued_and_resumes(idle_client, client, auth, dataset, db, settings,
-                                              worker):
+def test_orphaned_job_is_requeued_and_resumes(
+    idle_client, client, auth, dataset, db, settings, worker
+):
     import socket
 
     from api.queue import Queue
