@@ -235,7 +235,7 @@ def test_corrupt_gzip():
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_interactions(tmp_path / "nope.csv")
-    with pytest.raises(DataError, match="unknown format"):
+    with pytest.raises(DataError, match="invalid reader options: fmt"):
         read_interactions_bytes(b"x", fmt="parquet")  # type: ignore[arg-type]
 
 

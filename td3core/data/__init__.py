@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from td3core.data.preprocess import PreprocessConfig, build_dataset
-from td3core.data.readers import FORMATS, read_interactions, read_interactions_bytes
+from td3core.data.readers import (
+    FORMATS,
+    ReaderOptions,
+    read_interactions,
+    read_interactions_bytes,
+)
 from td3core.data.storage import dataset_from_bytes, dataset_to_bytes
 from td3core.data.synthetic import (
     generate_interactions,
@@ -33,6 +38,7 @@ __all__ = [
     "DatasetStats",
     "Interactions",
     "PreprocessConfig",
+    "ReaderOptions",
     "Samples",
     "SequenceDataset",
     "Split",

@@ -20,12 +20,13 @@ import io
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from td3core.data.types import Interactions
 from td3core.errors import DataError
@@ -55,25 +56,41 @@ class _Columns:
     rating: int | None
 
 
+class ReaderOptions(BaseModel):
+    """How to read an interaction file: the one definition of the reader's options
+    (the library, the CLI and the HTTP upload all take these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fmt: Format = Field("auto", description="file format; auto: detected from the content")
+    user_col: str = Field("user_id", min_length=1, max_length=100)
+    item_col: str = Field("item_id", min_length=1, max_length=100)
+    time_col: str | None = Field(
+        "timestamp", max_length=100, description="None: file order is time"
+    )
+    rating_col: str | None = Field(
+        None, max_length=100, description='None: a column named "rating" if there is one'
+    )
+    delimiter: str | None = Field(None, min_length=1, max_length=4)
+    columns: tuple[str, ...] | None = Field(
+        None, description="column names of a file without a header"
+    )
+    has_header: bool | None = Field(
+        None, description="default: True, or False when columns is given"
+    )
+
+
 def read_interactions(
-    path: str | os.PathLike[str],
-    *,
-    fmt: Format = "auto",
-    user_col: str = "user_id",
-    item_col: str = "item_id",
-    time_col: str | None = "timestamp",
-    rating_col: str | None = None,
-    delimiter: str | None = None,
-    columns: Sequence[str] | None = None,
-    has_header: bool | None = None,
+    path: str | os.PathLike[str], options: ReaderOptions | None = None, **overrides: Any
 ) -> Interactions:
-    """Read an interaction file.
+    """Read an interaction file with `options` (or `ReaderOptions(**overrides)`).
 
     `rating_col=None` reads a column named "rating" when there is one (ratings
     are optional); `time_col=None` uses file order as time. `columns` names the
     columns of a file without a header (`has_header` then defaults to False;
     pass True to skip and replace an existing header).
     """
+    options = _options(options, overrides)
     path = Path(path)
     name = str(path)
     digest = hashlib.sha256()
@@ -87,64 +104,46 @@ def read_interactions(
         raise DataError("is a directory, not a file", file=name) from None
     except OSError as e:
         raise DataError(f"cannot read the file ({e.strerror})", file=name) from None
-    return _read(
-        lambda: path.open("rb"),
-        name,
-        digest.hexdigest(),
-        fmt,
-        user_col,
-        item_col,
-        time_col,
-        rating_col,
-        delimiter,
-        columns,
-        has_header,
-    )
+    return _read(lambda: path.open("rb"), name, digest.hexdigest(), options)
 
 
 def read_interactions_bytes(
-    data: bytes,
-    name: str = "upload",
-    *,
-    fmt: Format = "auto",
-    user_col: str = "user_id",
-    item_col: str = "item_id",
-    time_col: str | None = "timestamp",
-    rating_col: str | None = None,
-    delimiter: str | None = None,
-    columns: Sequence[str] | None = None,
-    has_header: bool | None = None,
+    data: bytes, name: str = "upload", options: ReaderOptions | None = None, **overrides: Any
 ) -> Interactions:
     """`read_interactions` on in-memory bytes (an HTTP upload); `name` is used for
     format detection and in error messages."""
-    return _read(
-        lambda: io.BytesIO(data),
-        name,
-        hashlib.sha256(data).hexdigest(),
-        fmt,
-        user_col,
-        item_col,
-        time_col,
-        rating_col,
-        delimiter,
-        columns,
-        has_header,
-    )
+    options = _options(options, overrides)
+    return _read(lambda: io.BytesIO(data), name, hashlib.sha256(data).hexdigest(), options)
+
+
+def _options(options: ReaderOptions | None, overrides: dict[str, Any]) -> ReaderOptions:
+    if options is not None and overrides:
+        raise TypeError("pass either options or keyword overrides, not both")
+    if options is not None:
+        return options
+    try:
+        return ReaderOptions(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise DataError(f"invalid reader options: {problems}") from None
 
 
 def _read(
     open_raw: Callable[[], BinaryIO],
     name: str,
     sha256: str,
-    fmt: str,
-    user_col: str,
-    item_col: str,
-    time_col: str | None,
-    rating_col: str | None,
-    delimiter: str | None,
-    columns: Sequence[str] | None,
-    has_header: bool | None,
+    options: ReaderOptions,
 ) -> Interactions:
+    fmt, delimiter, columns, has_header = (
+        options.fmt,
+        options.delimiter,
+        options.columns,
+        options.has_header,
+    )
+    user_col, item_col = options.user_col, options.item_col
+    time_col, rating_col = options.time_col, options.rating_col
     if fmt == "auto":
         fmt, sniffed = _detect(open_raw, name, user_col, item_col, delimiter)
         delimiter = delimiter or sniffed
