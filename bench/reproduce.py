@@ -4,11 +4,11 @@ numbers (Tables 2 and 3, typed in below and labelled as the paper's).
 
     python bench/reproduce.py --dataset magazine --epochs 10 --json bench/magazine.json
 
-Everything is trained by the library (`Benchmark`, `evaluation_rows`, `train_teacher`,
+Everything is trained by the library (`Experiment`, `evaluation_rows`, `train_teacher`,
 `Distiller`); this script only schedules the runs and prints the tables.
 
 * The teacher is trained once (seed = the teacher recipe's seed) and serves every
-  distillation seed. Its training is exactly `Benchmark.train_real(split, seed)` (same
+  distillation seed. Its training is exactly `Experiment.train_real(split, seed)` (same
   recipe, seed, initialisation and batches), so it is also full-data run #1; the other
   full-data runs are trained separately (`--full-from-scratch` trains all of them).
 * TD3: one summary per distillation seed (0..N-1), `--eval-seeds` fresh learners each;
@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from td3core.cli import add_distill_options, distill_job_config
+from td3.library_commands import add_distill_options, distill_job_config
 from td3core.config import DistillConfig, JobConfig
 from td3core.data import PreprocessConfig, build_dataset, read_interactions
 from td3core.distill import DistillProgress
-from td3core.report import Benchmark, aggregate, evaluation_rows, run_record
+from td3core.experiment import Experiment, aggregate, evaluation_rows, run_record
 from td3core.summary import TuckerSummary
 from td3core.teacher import train_teacher
 
@@ -165,7 +165,7 @@ def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
 
 # ------------------------------------------------------------------- running
 def distill_one(
-    bench: Benchmark, job: JobConfig, teacher: Any, seed: int
+    bench: Experiment, job: JobConfig, teacher: Any, seed: int
 ) -> tuple[TuckerSummary, dict[str, Any]]:
     cfg: DistillConfig = job.distill.model_copy(update={"seed": seed})
     distiller = bench.distiller(cfg, teacher)
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases.start("data")
     inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt)  # type: ignore[arg-type]
     dataset = build_dataset(inter, PreprocessConfig(**spec.preprocess))
-    bench = Benchmark.for_job(dataset, job, device=args.device)
+    bench = Experiment.for_job(dataset, job, device=args.device)
     split = bench.split
     phases.stop()
     users, length = job.distill.users, job.distill.length

@@ -9,8 +9,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from api.cli import register as register_service
-    from td3core.cli import register as register_library
+    from td3.library_commands import register as register_library
+    from td3.service_commands import register as register_service
 
     parser = argparse.ArgumentParser(prog="td3", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

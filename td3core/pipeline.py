@@ -7,8 +7,6 @@ resumed from its last checkpoint gives the same summary as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
-import resource
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,13 +19,13 @@ from td3core.config import JobConfig
 from td3core.data.types import SequenceDataset
 from td3core.distill import DistillProgress
 from td3core.errors import Cancelled, DataError
-from td3core.report import Benchmark, evaluation_rows, evaluation_table
+from td3core.experiment import Experiment, evaluation_rows, evaluation_table
+from td3core.report import build_report
 from td3core.serialization import read_metadata
 from td3core.summary import summary_to_bytes
 from td3core.teacher import Teacher, teacher_state_from_bytes, teacher_state_to_bytes, train_teacher
 
 CHECKPOINT_FORMAT = "td3-job-checkpoint/1"
-REPORT_FORMAT = "td3-report/1"
 
 
 @dataclass
@@ -68,19 +66,19 @@ def run_job(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     distill_cfg = config.distill
-    bench = Benchmark.for_job(dataset, config, device=device)
-    split = bench.split
+    experiment = Experiment.for_job(dataset, config, device=device)
+    split = experiment.split
     teacher_blob, distill_state = unpack_checkpoint(resume_from) if resume_from else (None, None)
 
     if teacher_blob is None:
-        teacher = _train_teacher(bench, config, hooks, device)
+        teacher = _train_teacher(experiment, config, hooks, device)
         teacher_blob = teacher_state_to_bytes(teacher)
         hooks.save_checkpoint(pack_checkpoint(teacher_blob, None))
     else:
         teacher = teacher_state_from_bytes(teacher_blob, device=device)
     timings["teacher_seconds"] = time.perf_counter() - clock
 
-    distiller = bench.distiller(distill_cfg, teacher)
+    distiller = experiment.distiller(distill_cfg, teacher)
     if distill_state is not None:
         distiller.load_state_bytes(distill_state)
 
@@ -118,7 +116,7 @@ def run_job(
         )
 
     runs = evaluation_rows(
-        bench,
+        experiment,
         list(config.evaluations),
         summary=result.summary,
         users=distill_cfg.users,
@@ -136,47 +134,20 @@ def run_job(
         config={"job": config.model_dump(mode="json"), "preprocessing": dataset.preprocessing},
         dataset_sha256=dataset.source_sha256,
     )
-    report = {
-        "format": REPORT_FORMAT,
-        "config": config.model_dump(mode="json"),
-        "dataset": {
-            **dataset.stats().as_dict(),
-            "sha256": dataset.source_sha256,
-            "preprocessing": dataset.preprocessing,
-        },
-        "split": {
-            "train": len(split.train),
-            "valid": len(split.valid),
-            "test": len(split.test),
-            "max_len": split.max_len,
-        },
-        "teacher": {
-            "valid_mrr10": teacher.fit.best_metric,
-            "steps": teacher.fit.steps,
-            "pool_epochs": teacher.pool_epochs,
-            "pool_note": teacher.pool_note,
-        },
-        "distillation": {
-            "best_epoch": result.best_epoch,
-            "best_valid_mrr10": result.best_valid_mrr10,
-            "curves": result.curves,
-        },
-        "evaluation": evaluation_table(runs),
-        "protocol": {
-            "negatives": "uni100, seeded, shared by every row",
-            "full": "rank among all items except the user's earlier items",
-            "summary_learners": "fresh initialisation, embeddings included",
-            "fsa_targets": "teacher features in eval mode (the authors' code: dropout on)",
-            "padding_item": "masked in the summary's softmax (the authors' code: not masked)",
-        },
-        "timings": timings,
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": device,
-    }
+    report = build_report(
+        dataset=dataset,
+        config=config,
+        split=split,
+        teacher=teacher,
+        distillation=result,
+        evaluation=evaluation_table(runs),
+        timings=timings,
+        device=device,
+    )
     return JobResult(summary=summary_bytes, report=report)
 
 
-def _train_teacher(bench: Benchmark, config: JobConfig, hooks: JobHooks, device: str) -> Teacher:
+def _train_teacher(experiment: Experiment, config: JobConfig, hooks: JobHooks, device: str) -> Teacher:
     recipe = config.teacher
     started = time.perf_counter()
 
@@ -197,8 +168,8 @@ def _train_teacher(bench: Benchmark, config: JobConfig, hooks: JobHooks, device:
         )
 
     teacher = train_teacher(
-        bench.split,
-        bench.negatives_valid,
+        experiment.split,
+        experiment.negatives_valid,
         config.model,
         recipe,
         pool_epochs=(config.distill.pool_first_epoch, config.distill.pool_last_epoch),
@@ -227,14 +198,3 @@ def unpack_checkpoint(blob: bytes) -> tuple[bytes, bytes | None]:
     return tensors[
         "teacher"
     ].numpy().tobytes(), None if distill is None else distill.numpy().tobytes()
-
-
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    # ru_maxrss is in KiB on Linux: the process's peak resident set.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def report_json(report: dict) -> str:
-    return json.dumps(report, indent=2, sort_keys=True)

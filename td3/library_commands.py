@@ -1,4 +1,4 @@
-"""Library commands of the `td3` console script: distill, evaluate, baseline.
+"""The library commands of the `td3` console script: distill, evaluate, baseline.
 
 Every command prints one JSON document on stdout; progress goes to stderr. Bad
 input (a missing or malformed file, an impossible setting) ends with a one-line
@@ -12,20 +12,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from td3core.config import DistillConfig, EvaluationName, JobConfig
 from td3core.data import FORMATS as READER_FORMATS
 from td3core.errors import DataError, TD3Error
-
-if TYPE_CHECKING:
-    from td3core.pipeline import Progress
 
 EXIT_USAGE = 2
 EVALUATIONS: tuple[str, ...] = get_args(EvaluationName)
@@ -222,52 +218,6 @@ def _given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-# ---------------------------------------------------------------- progress
-class CliHooks:
-    """A tqdm bar per stage on stderr; checkpoints to a file (atomic rename) if asked."""
-
-    def __init__(self, *, checkpoint: Path | None, every: int, quiet: bool):
-        self.checkpoint = checkpoint
-        self.checkpoint_every = every if checkpoint is not None else 1_000_000_000
-        self.quiet = quiet
-        self._bar: Any = None
-        self._stage = ""
-
-    def on_progress(self, progress: Progress) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        if progress.stage != self._stage or self._bar is None:
-            self.close()
-            self._stage = progress.stage
-            self._bar = tqdm(total=progress.total, desc=progress.stage, file=sys.stderr)
-        self._bar.total = progress.total
-        self._bar.n = progress.step
-        shown = {k: round(v, 4) for k, v in progress.losses.items() if k in ("ce", "fsa")}
-        if progress.stage == "distill":
-            shown["epoch"] = progress.epoch
-        self._bar.set_postfix(shown, refresh=False)
-        if progress.message and progress.stage == "evaluate":
-            self._bar.set_description_str(f"evaluate: {progress.message}", refresh=False)
-        self._bar.refresh()
-
-    def should_cancel(self) -> bool:
-        return False
-
-    def save_checkpoint(self, blob: bytes) -> None:
-        if self.checkpoint is None:
-            return
-        partial = self.checkpoint.with_name(self.checkpoint.name + ".partial")
-        partial.write_bytes(blob)
-        os.replace(partial, self.checkpoint)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 def _default_device() -> str:
     import torch
 
@@ -327,7 +277,9 @@ def _recipe(name: str, **overrides: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------- commands
 def _distill(args: argparse.Namespace) -> int:
+    from td3.progress import CliHooks
     from td3core.pipeline import run_job
+    from td3core.report import report_json
 
     device = _check_device(args.device)
     config = distill_job_config(
@@ -357,7 +309,7 @@ def _distill(args: argparse.Namespace) -> int:
     out.write_bytes(result.summary)
     _say(args, f"summary written to {out}")
     if args.report:
-        Path(args.report).write_text(json.dumps(result.report, indent=2, sort_keys=True))
+        Path(args.report).write_text(report_json(result.report))
     _print_json(result.report if args.print_report else result.report["evaluation"])
     return 0
 
@@ -371,7 +323,8 @@ def _job_from_summary(config: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from td3core.report import Benchmark, evaluation_rows, evaluation_table
+    from td3.progress import CliHooks, run_progress
+    from td3core.experiment import Experiment, evaluation_rows, evaluation_table
     from td3core.summary import load_summary
 
     device = _check_device(args.device)
@@ -401,13 +354,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"({len(stored.item_ids) - 1}); check the format and filter options",
             file=args.data,
         )
-    bench = Benchmark.for_job(dataset, job, device=device)
+    experiment = Experiment.for_job(dataset, job, device=device)
     seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
     summary = stored.summary
     leaky = job.paper_compatible or args.paper_compatible
     hooks = CliHooks(checkpoint=None, every=1, quiet=args.quiet)
     runs = evaluation_rows(
-        bench,
+        experiment,
         ["summary"],
         summary=summary,
         users=summary.users,
@@ -415,28 +368,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=seeds,
         alt=job.distill.alt,
         teacher_item_embeddings=summary.V.clone() if leaky else None,
-        on_run=_run_progress(hooks, len(seeds)),
+        on_run=run_progress(hooks, len(seeds)),
     )
     hooks.close()
     _print_json(evaluation_table(runs))
     return 0
 
 
-def _run_progress(hooks: CliHooks, total: int) -> Callable[[str, int], None]:
-    from td3core.pipeline import Progress
-
-    done = {"runs": 0}
-
-    def on_run(name: str, seed: int) -> None:
-        done["runs"] += 1
-        message = f"training on {name} (seed {seed})"
-        hooks.on_progress(Progress("evaluate", 0, done["runs"], total, {}, None, message))
-
-    return on_run
-
-
 def _baseline(args: argparse.Namespace) -> int:
-    from td3core.report import Benchmark, evaluation_rows, evaluation_table
+    from td3.progress import CliHooks, run_progress
+    from td3core.experiment import Experiment, evaluation_rows, evaluation_table
 
     device = _check_device(args.device)
     # The job settings validate the budget and the recipe exactly as for `distill`.
@@ -451,18 +392,18 @@ def _baseline(args: argparse.Namespace) -> int:
     if not 1 <= args.seeds <= 100:
         raise TD3Error("--seeds must be between 1 and 100")
     dataset = _load_dataset(args)
-    bench = Benchmark.for_job(dataset, config, device=device)
+    experiment = Experiment.for_job(dataset, config, device=device)
     seeds = [config.teacher.seed + i for i in range(args.seeds)]
     hooks = CliHooks(checkpoint=None, every=1, quiet=args.quiet)
     runs = evaluation_rows(
-        bench,
+        experiment,
         [args.method],
         summary=None,
         users=args.users,
         length=args.length,
         seeds=seeds,
         alt=False,
-        on_run=_run_progress(hooks, len(seeds)),
+        on_run=run_progress(hooks, len(seeds)),
     )
     hooks.close()
     _print_json(evaluation_table(runs))

@@ -1,0 +1,201 @@
+"""The comparison a summary is judged by: one split with fixed negatives, on which
+the summary, the full data and budget-sized real samples are each trained with the
+common recipe and scored alike (the rows of a report's evaluation table)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from td3core.baselines import sampled_split
+from td3core.config import DistillConfig, JobConfig, ModelConfig, TrainConfig
+from td3core.data.samples import Split
+from td3core.data.split import leave_one_out
+from td3core.data.types import SequenceDataset
+from td3core.distill import Distiller, train_config_for_selection
+from td3core.evaluation import evaluate, sample_negatives
+from td3core.learner import train_on_summary
+from td3core.models.sasrec import SASRec
+from td3core.summary import TuckerSummary
+from td3core.teacher import Teacher
+from td3core.training import FitResult, train_on_samples
+
+
+@dataclass
+class Experiment:
+    """One split, its fixed validation and test negatives, and the training recipes:
+    everything the compared runs share."""
+
+    split: Split
+    negatives_valid: Tensor
+    negatives_test: Tensor
+    model: ModelConfig
+    real_recipe: TrainConfig  # full data and budget samples
+    summary_recipe: TrainConfig  # learners on a summary
+    device: str = "cpu"
+
+    @classmethod
+    def build(
+        cls,
+        split: Split,
+        *,
+        negatives_seed: int,
+        model: ModelConfig,
+        real_recipe: TrainConfig,
+        summary_recipe: TrainConfig,
+        device: str = "cpu",
+    ) -> Experiment:
+        # Separate, seeded draws for validation and test; every compared run shares them.
+        valid = sample_negatives(split.valid, split.sequences, split.n_items, seed=negatives_seed)
+        test = sample_negatives(split.test, split.sequences, split.n_items, seed=negatives_seed + 1)
+        return cls(split, valid, test, model, real_recipe, summary_recipe, device)
+
+    @classmethod
+    def for_job(
+        cls,
+        dataset: SequenceDataset,
+        job: JobConfig,
+        *,
+        device: str = "cpu",
+    ) -> Experiment:
+        """The split, negatives and recipes a job is measured with."""
+        return cls.build(
+            leave_one_out(dataset, job.history_length),
+            negatives_seed=job.negatives_seed,
+            model=job.model,
+            real_recipe=job.teacher,
+            summary_recipe=job.learner,
+            device=device,
+        )
+
+    def test_metrics(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        return evaluate(model, self.split.test, self.split, self.negatives_test, device=self.device)
+
+    def train_real(self, split: Split, seed: int) -> tuple[SASRec, FitResult]:
+        torch.manual_seed(seed)
+        model = SASRec.from_config(self.split.n_items, self.split.max_len, self.model)
+        recipe = self.real_recipe.model_copy(update={"seed": seed})
+        return model, train_on_samples(
+            model, split, self.negatives_valid, recipe, device=self.device
+        )
+
+    def train_summary(
+        self, summary: TuckerSummary, seed: int, *, alt: bool, item_embeddings: Tensor | None = None
+    ) -> tuple[SASRec, FitResult]:
+        recipe = self.summary_recipe.model_copy(update={"seed": seed})
+        return train_on_summary(
+            summary,
+            self.split,
+            self.negatives_valid,
+            self.model,
+            recipe,
+            alt=alt,
+            item_embeddings=item_embeddings,
+            device=self.device,
+        )
+
+    def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
+        """A Distiller that keeps the summary whose fresh learner (the summary recipe
+        capped at `select_steps`) scores best on validation."""
+        recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
+
+        def select(summary: TuckerSummary) -> float:
+            _, fit = train_on_summary(
+                summary,
+                self.split,
+                self.negatives_valid,
+                self.model,
+                recipe,
+                alt=distill.alt,
+                device=self.device,
+            )
+            return fit.best_metric
+
+        return Distiller(
+            distill, self.split, teacher, self.model, select=select, device=self.device
+        )
+
+
+RunHook = Callable[[str, int], None]
+
+
+def run_record(model: nn.Module, fit: FitResult, experiment: Experiment, interactions: int) -> dict:
+    return {
+        "test": experiment.test_metrics(model),
+        "valid_mrr10": fit.best_metric,
+        "train_seconds": fit.seconds,
+        "steps": fit.steps,
+        "interactions": interactions,
+    }
+
+
+def evaluation_rows(
+    experiment: Experiment,
+    names: list[str],
+    *,
+    summary: TuckerSummary | None,
+    users: int,
+    length: int,
+    seeds: list[int],
+    alt: bool,
+    teacher_item_embeddings: Tensor | None = None,
+    on_run: RunHook | None = None,
+) -> dict[str, list[dict]]:
+    """Runs per data source: {"summary": [run, ...], "full": [...], ...}.
+
+    With `teacher_item_embeddings`, a row "summary (paper-compatible)" is added: learners
+    that start from the item table learned on the full data (the authors' evaluation;
+    it leaks the full data into the learner)."""
+    runs: dict[str, list[dict]] = {}
+    budget = users * length
+    for name in names:
+        for seed in seeds:
+            if on_run is not None:
+                on_run(name, seed)
+            if name == "summary":
+                if summary is None:
+                    continue
+                model, fit = experiment.train_summary(summary, seed, alt=alt)
+                runs.setdefault(name, []).append(run_record(model, fit, experiment, budget))
+                if teacher_item_embeddings is not None:
+                    model, fit = experiment.train_summary(
+                        summary, seed, alt=alt, item_embeddings=teacher_item_embeddings
+                    )
+                    runs.setdefault("summary (paper-compatible)", []).append(
+                        run_record(model, fit, experiment, budget)
+                    )
+            elif name == "full":
+                model, fit = experiment.train_real(experiment.split, seed)
+                interactions = int(sum(len(s) - 2 for s in experiment.split.sequences))
+                runs.setdefault(name, []).append(run_record(model, fit, experiment, interactions))
+            else:
+                split, interactions = sampled_split(
+                    experiment.split, name, users=users, length=length, seed=seed
+                )
+                model, fit = experiment.train_real(split, seed)
+                runs.setdefault(name, []).append(run_record(model, fit, experiment, interactions))
+    return runs
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and (sample) standard deviation of every metric over runs."""
+    out: dict = {"runs": len(runs)}
+    for protocol in runs[0]["test"]:
+        out[protocol] = {}
+        for metric in runs[0]["test"][protocol]:
+            values = [r["test"][protocol][metric] for r in runs]
+            out[protocol][metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+    for key in ("valid_mrr10", "train_seconds", "steps", "interactions"):
+        out[key] = statistics.fmean(r[key] for r in runs)
+    return out
+
+
+def evaluation_table(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    return {name: aggregate(group) for name, group in runs.items() if group}
