@@ -5,8 +5,9 @@ PYTHON ?= python3
 # on a GPU machine set TORCH_SPEC to the build you want.
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup
+.PHONY: demo test test-fast lint typecheck format setup
 
 setup: $(VENV)/.installed
 
@@ -18,10 +19,25 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/td3 demo
+	$(BIN)/td3 demo
 
+# Style, formatting and the layer rules (pyproject.toml [tool.importlinter]).
 lint: setup
-	$(VENV)/bin/ruff check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
-test: lint
+typecheck: setup
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Everything: lint, types, unit and integration tests.
+test: lint typecheck
 	$(PY) -m pytest
+
+# Unit tests only (no Postgres, Redis or worker processes): a minute or less.
+test-fast: setup
+	$(PY) -m pytest -m "not integration and not slow"

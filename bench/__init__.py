@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure the library (never imported by it)."""
