@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = Phases(args.device)
 
     phases.start("data")
-    inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt)  # type: ignore[arg-type]
+    inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt)
     dataset = build_dataset(inter, PreprocessConfig(**spec.preprocess))
     bench = Experiment.for_job(dataset, job, device=args.device)
     split = bench.split

@@ -15,17 +15,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import ValidationError
 
-from td3core.config import DistillConfig, EvaluationName, JobConfig
+from td3core.config import EVALUATIONS, SAMPLERS, DistillConfig, JobConfig
 from td3core.data import FORMATS as READER_FORMATS
 from td3core.errors import DataError, TD3Error
 
 EXIT_USAGE = 2
-EVALUATIONS: tuple[str, ...] = get_args(EvaluationName)
-METHODS = ("full", "random-users", "random-interactions", "longest")
+METHODS = ("full", *SAMPLERS)
 FORMATS = ("auto", *READER_FORMATS)
 
 Command = Callable[[argparse.Namespace], int]

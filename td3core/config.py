@@ -6,11 +6,20 @@ the worker, the CLI and the library all read one definition.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-EvaluationName = Literal["summary", "full", "random-users", "random-interactions", "longest"]
+# Real-data training sets at the summary's budget (td3core.baselines builds them).
+SamplerName = Literal["random-users", "random-interactions", "longest"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+# The data sources an evaluation table compares: the summary, all real data, samplers.
+EvaluationName = Literal["summary", "full", SamplerName]
+EVALUATIONS: tuple[str, ...] = ("summary", "full", *SAMPLERS)
+# Augmented learner training predicts a position p in [5, zeta-2] from p-1: it needs
+# zeta >= 7 (the authors' code crashes below that).
+ALT_FIRST_POSITION = 5
+ALT_MIN_LENGTH = ALT_FIRST_POSITION + 2
 
 
 class _Settings(BaseModel):
@@ -101,8 +110,10 @@ class DistillConfig(_Settings):
             raise ValueError(
                 f"window ({self.window}) must not exceed inner_steps ({self.inner_steps})"
             )
-        if self.alt and self.length < 7:
-            raise ValueError("alt (augmented learner training) needs length >= 7; set alt=false")
+        if self.alt and self.length < ALT_MIN_LENGTH:
+            raise ValueError(
+                f"alt (augmented learner training) needs length >= {ALT_MIN_LENGTH}; set alt=false"
+            )
         if self.backend == "higher" and self.learner_draw == "epoch":
             raise ValueError(
                 "the 'higher' backend is a cross-check and supports learner_draw='step' only"

@@ -147,7 +147,9 @@ def run_job(
     return JobResult(summary=summary_bytes, report=report)
 
 
-def _train_teacher(experiment: Experiment, config: JobConfig, hooks: JobHooks, device: str) -> Teacher:
+def _train_teacher(
+    experiment: Experiment, config: JobConfig, hooks: JobHooks, device: str
+) -> Teacher:
     recipe = config.teacher
     started = time.perf_counter()
 

@@ -32,6 +32,7 @@ class Teacher:
     pool_epochs: list[float]  # epoch of each pool entry; fractional = mid-epoch state
     pool_note: str = ""  # why the pool is not the requested epoch range, if it is not
     steps_per_epoch: int = 0
+    model_config: ModelConfig = ModelConfig()  # the size the model was built with
 
     @property
     def item_embeddings(self) -> Tensor:
@@ -133,6 +134,7 @@ def train_teacher(
         pool_epochs=epochs,
         pool_note=note,
         steps_per_epoch=per_epoch,
+        model_config=model_cfg,
     )
 
 
@@ -143,21 +145,12 @@ def teacher_state_to_bytes(teacher: Teacher) -> bytes:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
     for i, state in enumerate(teacher.pool):
         tensors.update({f"pool.{i}.{k}": v.cpu().contiguous() for k, v in state.items()})
-    block = m.blocks[0]
-    model_cfg = ModelConfig(
-        hidden=m.hidden,
-        heads=block.attention.heads,
-        layers=len(m.blocks),
-        inner=block.feed_forward.dense_1.out_features,
-        attn_dropout=block.attention.attn_dropout.p,
-        hidden_dropout=m.dropout.p,
-    )
     meta = {
         "format": FORMAT,
         "n_items": m.n_items,
         "max_len": m.max_len,
         "eps": m.norm.eps,
-        "model": model_cfg.model_dump(),
+        "model": teacher.model_config.model_dump(),
         "fit": dataclasses.asdict(teacher.fit),
         "pool_size": len(teacher.pool),
         "pool_epochs": teacher.pool_epochs,
@@ -180,7 +173,8 @@ def teacher_state_from_bytes(blob: bytes, *, device: torch.device | str = "cpu")
     if meta.get("format") != FORMAT:
         raise DataError(f"expected format {FORMAT}, got {meta.get('format')!r}")
     tensors = st_load(blob)
-    model = SASRec.from_config(meta["n_items"], meta["max_len"], ModelConfig(**meta["model"]))
+    model_config = ModelConfig(**meta["model"])
+    model = SASRec.from_config(meta["n_items"], meta["max_len"], model_config)
     for layer in model.modules():  # eps is not part of ModelConfig
         if isinstance(layer, torch.nn.LayerNorm):
             layer.eps = meta["eps"]
@@ -197,4 +191,5 @@ def teacher_state_from_bytes(blob: bytes, *, device: torch.device | str = "cpu")
         pool_epochs=meta["pool_epochs"],
         pool_note=meta["pool_note"],
         steps_per_epoch=meta["steps_per_epoch"],
+        model_config=model_config,
     )

@@ -20,7 +20,7 @@ import io
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -136,19 +136,13 @@ def _read(
     sha256: str,
     options: ReaderOptions,
 ) -> Interactions:
-    fmt, delimiter, columns, has_header = (
-        options.fmt,
-        options.delimiter,
-        options.columns,
-        options.has_header,
-    )
+    fmt: str = options.fmt
+    delimiter, columns, has_header = options.delimiter, options.columns, options.has_header
     user_col, item_col = options.user_col, options.item_col
     time_col, rating_col = options.time_col, options.rating_col
     if fmt == "auto":
         fmt, sniffed = _detect(open_raw, name, user_col, item_col, delimiter)
         delimiter = delimiter or sniffed
-    elif fmt not in FORMATS:
-        raise DataError(f"unknown format {fmt!r}; expected one of: auto, {', '.join(FORMATS)}")
 
     if fmt in _HEADERLESS:
         fixed_delim, fixed_names = _HEADERLESS[fmt]
@@ -226,7 +220,7 @@ def _read(
     )
 
 
-def _lines(open_raw: Callable[[], BinaryIO], name: str) -> Iterator[tuple[int, str]]:
+def _lines(open_raw: Callable[[], BinaryIO], name: str) -> Generator[tuple[int, str]]:
     """Decoded lines (1-based numbers), gunzipping when the bytes say gzip."""
     with open_raw() as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
