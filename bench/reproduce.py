@@ -8,9 +8,10 @@ Everything is trained by the library (`Experiment`, `evaluation_rows`, `train_te
 `Distiller`); this script only schedules the runs and prints the tables.
 
 * The teacher is trained once (seed = the teacher recipe's seed) and serves every
-  distillation seed. Its training is exactly `Experiment.train_real(split, seed)` (same
-  recipe, seed, initialisation and batches), so it is also full-data run #1; the other
-  full-data runs are trained separately (`--full-from-scratch` trains all of them).
+  distillation seed. Its training is exactly `Experiment.train_real(split, seed=, lr=)`
+  at the teacher's seed and lr (same recipe, initialisation and batches), so the search
+  reuses it for that point; the other full-data runs are trained separately
+  (`--full-from-scratch` trains all of them).
 * TD3: one summary per distillation seed (0..N-1), `--eval-seeds` fresh learners each;
   mean +- std over all those learners (with one learner each: over distillation seeds).
   "paper-compatible" learners start from the teacher's item embeddings (the authors'
@@ -36,7 +37,7 @@ from td3.library_commands import add_distill_options, distill_job_config
 from td3core.config import DistillConfig, JobConfig
 from td3core.data import PreprocessConfig, build_dataset, read_interactions
 from td3core.distill import DistillProgress
-from td3core.experiment import Experiment, aggregate, evaluation_rows, run_record
+from td3core.experiment import Experiment, Reusable, aggregate, evaluation_rows
 from td3core.summary import TuckerSummary
 from td3core.teacher import train_teacher
 
@@ -204,22 +205,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[dict]] = {}
 
     phases.start(f"teacher (= full-data run, seed {job.teacher.seed})")
+    teacher_recipe = bench.real_recipe_for(split, seed=job.teacher.seed, lr=job.teacher.lr)
     teacher = train_teacher(
-        split, bench.negatives_valid, job.model, job.teacher,
+        split, bench.negatives_valid, job.model, teacher_recipe,
         pool_epochs=(job.distill.pool_first_epoch, job.distill.pool_last_epoch),
         device=args.device,
     )  # fmt: skip
     phases.stop()
-    full_interactions = int(sum(len(s) - 2 for s in split.sequences))
-    full_seeds = [job.teacher.seed + i for i in range(args.sample_seeds)]
+    # The teacher is the full-data run at its own seed and lr; --full-from-scratch
+    # trains that run again.
+    reuse: Reusable = {}
     if not args.full_from_scratch:
-        runs["full"] = [run_record(teacher.model, teacher.fit, bench, full_interactions)]
-        full_seeds = full_seeds[1:]
-    if "full" not in skip and full_seeds:
+        reuse[("full", job.teacher.seed, job.teacher.lr)] = (teacher.model, teacher.fit)
+    full_seeds = [job.teacher.seed + i for i in range(args.sample_seeds)]
+    if "full" not in skip:
         phases.start(f"full data, seeds {full_seeds}")
-        more = evaluation_rows(bench, ["full"], summary=None, users=users, length=length,
-                               seeds=full_seeds, alt=False)  # fmt: skip
-        runs.setdefault("full", []).extend(more["full"])
+        runs.update(evaluation_rows(bench, ["full"], summary=None, users=users, length=length,
+                                    seeds=full_seeds, lrs=job.search_lrs, alt=False,
+                                    reuse=reuse))  # fmt: skip
         phases.stop()
 
     sample_seeds = list(range(args.sample_seeds))
@@ -228,7 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         phases.start(f"{name}, seeds {sample_seeds}")
         runs.update(evaluation_rows(bench, [name], summary=None, users=users, length=length,
-                                    seeds=sample_seeds, alt=False))  # fmt: skip
+                                    seeds=sample_seeds, lrs=job.search_lrs,
+                                    alt=False))  # fmt: skip
         phases.stop()
 
     distillations = []
@@ -241,7 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             phases.stop()
             phases.start(f"learners on summary seed {seed}")
             rows = evaluation_rows(bench, ["summary"], summary=summary, users=users,
-                                   length=length, seeds=learner_seeds, alt=job.distill.alt,
+                                   length=length, seeds=learner_seeds, lrs=job.search_lrs,
+                                   alt=job.distill.alt,
                                    teacher_item_embeddings=leaky)  # fmt: skip
             phases.stop()
             for record in rows["summary"]:

@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--length", type=int, required=True, help="zeta of the budget and history")
     b.add_argument("--seeds", type=int, default=1, help="sampling and training seeds 0..N-1")
     b.add_argument("--steps", type=int, help="step cap of the training recipe")
+    b.add_argument("--search-lrs", type=_floats, help=_SEARCH_HELP)
     b.set_defaults(func=_guarded(_baseline))
 
 
@@ -116,6 +117,7 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
+    p.add_argument("--search-lrs", type=_floats, help=_SEARCH_HELP)
 
 
 def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
@@ -149,6 +151,22 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             **job,
         }
     )
+
+
+_DEFAULT_LRS = ",".join(map(str, JobConfig.model_fields["search_lrs"].default))
+_SEARCH_HELP = (
+    "comma-separated learning rates every evaluated row is trained with; each row keeps "
+    f"the best on validation (default {_DEFAULT_LRS})"
+)
+
+
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {value!r}"
+        ) from None
 
 
 def _doc(field: str, text: str) -> str:
@@ -365,6 +383,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         users=summary.users,
         length=summary.length,
         seeds=seeds,
+        lrs=job.search_lrs,
         alt=job.distill.alt,
         teacher_item_embeddings=summary.V.clone() if leaky else None,
         on_run=run_progress(hooks, len(seeds)),
@@ -385,7 +404,7 @@ def _baseline(args: argparse.Namespace) -> int:
             "distill": {"users": args.users, "length": args.length, "alt": False},
             "teacher": _recipe("teacher", max_steps=args.steps),
             "evaluations": [args.method],
-            **_given(max_len=args.max_len),
+            **_given(max_len=args.max_len, search_lrs=args.search_lrs),
         }
     )
     if not 1 <= args.seeds <= 100:
@@ -401,6 +420,7 @@ def _baseline(args: argparse.Namespace) -> int:
         users=args.users,
         length=args.length,
         seeds=seeds,
+        lrs=config.search_lrs,
         alt=False,
         on_run=run_progress(hooks, len(seeds)),
     )

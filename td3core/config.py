@@ -6,7 +6,7 @@ the worker, the CLI and the library all read one definition.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -55,6 +55,24 @@ class TrainConfig(_Settings):
     eval_every: int = Field(100, ge=1)
     patience: int = Field(5, ge=1)
     seed: int = Field(0, ge=0)
+    max_epochs: int = Field(
+        100, ge=1, le=100_000, description="step cap in passes over the training data"
+    )
+
+    def sized_for(self, samples: int) -> TrainConfig:
+        """This recipe fitted to a training set of `samples` rows: validate at least
+        once per pass (but not more often than every MIN_EVAL_EVERY steps, so early
+        stopping is not decided by noise) and stop after `max_epochs` passes. A
+        600-interaction sample then trains for a few hundred steps, not 3000, and the
+        full data keeps the recipe as it is."""
+        per_epoch = max(1, -(-samples // self.batch_size))
+        eval_every = min(self.eval_every, max(per_epoch, MIN_EVAL_EVERY))
+        max_steps = min(self.max_steps, max(self.max_epochs * per_epoch, eval_every))
+        return self.model_copy(update={"eval_every": eval_every, "max_steps": max_steps})
+
+
+# Early stopping is judged on validations at least this many steps apart.
+MIN_EVAL_EVERY = 10
 
 
 class DistillConfig(_Settings):
@@ -136,6 +154,13 @@ class JobConfig(_Settings):
     negatives_seed: int = Field(0, ge=0)
     paper_compatible: bool = Field(
         False, description="also report learners started from the teacher's item embeddings (leaky)"
+    )
+    search_lrs: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        [0.001, 0.005],
+        min_length=1,
+        max_length=8,
+        description="learning rates tried for every evaluated row (summary, full data, "
+        "samplers alike); each row reports the one with the best validation MRR@10",
     )
 
     @property

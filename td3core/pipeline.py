@@ -122,8 +122,11 @@ def run_job(
         users=distill_cfg.users,
         length=distill_cfg.length,
         seeds=seeds,
+        lrs=config.search_lrs,
         alt=distill_cfg.alt,
         teacher_item_embeddings=teacher.item_embeddings if config.paper_compatible else None,
+        # the teacher is the full-data run at its own seed and lr: not trained twice
+        reuse={("full", config.teacher.seed, config.teacher.lr): (teacher.model, teacher.fit)},
         on_run=on_run,
     )
     timings["evaluate_seconds"] = time.perf_counter() - clock
@@ -150,7 +153,9 @@ def run_job(
 def _train_teacher(
     experiment: Experiment, config: JobConfig, hooks: JobHooks, device: str
 ) -> Teacher:
-    recipe = config.teacher
+    recipe = experiment.real_recipe_for(
+        experiment.split, seed=config.teacher.seed, lr=config.teacher.lr
+    )
     started = time.perf_counter()
 
     def on_step(step: int, _model) -> None:
