@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.broker import Broker
 from api.db import Database
 from api.errors import APIError
 from api.models import Tenant
-from api.queue import Queue
 from api.services import auth
 from api.settings import Settings
 
@@ -25,13 +25,13 @@ def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_queue(request: Request) -> Queue:
-    return request.app.state.queue
+def get_broker(request: Request) -> Broker:
+    return request.app.state.broker
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
-QueueDep = Annotated[Queue, Depends(get_queue)]
+BrokerDep = Annotated[Broker, Depends(get_broker)]
 
 
 def get_tenant(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,11 +34,11 @@ def not_found(what: str, ident: str) -> APIError:
     return APIError(404, "not_found", f"{what} {ident!r} not found")
 
 
-def format_validation_errors(errors: list[dict], *, prefix: str = "", drop: int = 0) -> str:
+def format_validation_errors(errors: Iterable[Mapping[str, Any]], *, prefix: str = "") -> str:
     """pydantic's errors as one readable line: `loc: msg; loc: msg`."""
     parts = []
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ())][drop:]
+        loc = [str(p) for p in err.get("loc", ())]
         if prefix:
             loc = [prefix, *loc]
         where = ".".join(loc)
@@ -84,7 +85,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in errors
         ]
         return JSONResponse(
-            error_body("validation_error", format_validation_errors(list(errors)), details),
+            error_body("validation_error", format_validation_errors(errors), details),
             status_code=422,
         )
 

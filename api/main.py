@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.broker import Broker
 from api.db import Database
 from api.errors import install_error_handlers
-from api.queue import Queue
 from api.routes import datasets, health, jobs
 from api.settings import Settings
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _redact(settings.broker_url),
         )
         yield
-        app.state.queue.close()
+        app.state.broker.close()
         app.state.db.dispose()
 
     app = FastAPI(
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
-    app.state.queue = Queue(settings)
+    app.state.broker = Broker(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(datasets.router)

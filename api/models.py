@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -21,13 +22,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+from api.lifecycle import EventKind, JobStatus
 
-QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-ACTIVE_STATUSES = (QUEUED, RUNNING, CANCELLING)
-TERMINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
-ALL_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+# The status column stores the values ("queued", ...) in a VARCHAR(16), as the
+# migration creates it, and reads them back as `JobStatus`.
+JobStatusType = Enum(
+    JobStatus,
+    native_enum=False,
+    create_constraint=False,
+    length=16,
+    values_callable=lambda statuses: [s.value for s in statuses],
+)
 
 
 def utcnow() -> datetime:
@@ -63,6 +69,9 @@ class ApiKey(Base):
 
 
 class Dataset(Base):
+    """An uploaded, preprocessed dataset. `content` (the processed bytes, large) is
+    loaded only when read explicitly: listings and lookups never fetch it."""
+
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -74,7 +83,7 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     preprocessing: Mapped[dict[str, Any]] = mapped_column(JSON)
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
@@ -87,7 +96,7 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[JobStatus] = mapped_column(JobStatusType, index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -111,7 +120,7 @@ class JobEvent(Base):
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # status | progress | metric | log
+    kind: Mapped[EventKind] = mapped_column(String(16))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

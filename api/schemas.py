@@ -10,11 +10,12 @@ paper_compatible). `build_job_config` turns it into a validated `JobConfig`.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_serializer
 
 from api.errors import APIError, format_validation_errors
+from api.lifecycle import EventKind, JobStatus
 from td3core.config import DistillConfig, JobConfig
 
 DISTILL_FIELDS = tuple(DistillConfig.model_fields)
@@ -31,7 +32,7 @@ def _flat_fields() -> dict[str, Any]:
     return fields
 
 
-FlatJobConfig = create_model(  # type: ignore[call-overload]
+FlatJobConfig = create_model(
     "FlatJobConfig",
     __config__=ConfigDict(extra="forbid"),
     __doc__="A JobConfig with the distillation fields at the top level.",
@@ -105,7 +106,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=40)
-    config: FlatJobConfig  # type: ignore[valid-type]
+    config: FlatJobConfig
 
 
 class ProgressOut(BaseModel):
@@ -129,9 +130,6 @@ class Timings(BaseModel):
     finished_at: str | None
     queued_seconds: float | None
     run_seconds: float | None
-
-
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 class JobOut(BaseModel):
@@ -182,7 +180,7 @@ class JobList(BaseModel):
 
 class EventOut(BaseModel):
     id: int
-    kind: Literal["status", "progress", "metric", "log"]
+    kind: EventKind
     data: dict[str, Any]
     created_at: str | None
 

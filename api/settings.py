@@ -47,7 +47,6 @@ class Settings(BaseSettings):
     device: str = Field("", description="torch device; default cuda if available")
     polling_interval: float = Field(0.2, gt=0, description="serverless broker polling interval")
     progress_interval: float = Field(1.0, ge=0, description="min seconds between progress events")
-    page_limit_max: int = Field(200, ge=1)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -78,21 +77,11 @@ class Settings(BaseSettings):
                 (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
 
     def child_env(self) -> dict[str, str]:
-        """Environment that makes a child process (worker, server) see these settings."""
+        """Environment that makes a child process (worker, server) see these settings:
+        every field as `TD3_<NAME>`, so a new setting travels without being listed here."""
+        prefix = self.model_config.get("env_prefix", "")
         return {
-            "TD3_HOME": str(self.home),
-            "TD3_DATABASE_URL": self.database_url,
-            "TD3_BROKER_URL": self.broker_url,
-            "TD3_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
-            "TD3_MAX_ATTEMPTS": str(self.max_attempts),
-            "TD3_CHECKPOINT_EVERY": str(self.checkpoint_every),
-            "TD3_GPU_QUEUE": self.gpu_queue,
-            "TD3_DEFAULT_QUEUE": self.default_queue,
-            "TD3_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
-            "TD3_DEVICE": self.device,
-            "TD3_LEASE_SECONDS": str(self.lease_seconds),
-            "TD3_POLLING_INTERVAL": str(self.polling_interval),
-            "TD3_PROGRESS_INTERVAL": str(self.progress_interval),
+            f"{prefix}{name}".upper(): str(getattr(self, name)) for name in type(self).model_fields
         }
 
 

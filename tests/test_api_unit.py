@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers_service import TINY_CONFIG
 
 from api import migrate
 from api.db import Database
@@ -15,7 +17,6 @@ from api.main import create_app
 from api.schemas import build_job_config
 from api.services.auth import create_key, hash_key
 from api.settings import Settings
-from tests.conftest import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ CSV = "user_id,item_id,timestamp\n" + "".join(
 
 def test_api_does_not_import_torch():
     code = (
-        "import sys, api.main, api.cli, worker.celery_app, worker.tasks\n"
+        "import sys, api.main, td3.service_commands, worker.celery_app, worker.tasks\n"
         "api.main.create_app()\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "assert not bad, bad[:5]\n"
@@ -46,6 +47,28 @@ def test_settings_default_to_embedded(monkeypatch, tmp_path):
     s = Settings()
     assert s.database_url == f"sqlite:///{tmp_path / 'td3.db'}"
     assert s.broker_url == "filesystem://" and s.broker_is_filesystem
+
+
+def test_child_env_carries_every_setting(monkeypatch, tmp_path):
+    """A child process started with `child_env()` sees exactly these settings."""
+    settings = Settings(
+        home=tmp_path,
+        database_url="postgresql+psycopg://u@db/x",
+        broker_url="redis://broker:6379/2",
+        max_attempts=5,
+        lease_seconds=12.5,
+        device="cpu",
+        gpu_queue="gpu-7",
+    )
+    env = settings.child_env()
+    assert set(env) == {f"TD3_{name.upper()}" for name in Settings.model_fields}
+    assert all(isinstance(v, str) for v in env.values())
+    for name in list(os.environ):
+        if name.startswith("TD3_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings
 
 
 def test_flat_config_maps_to_job_config():
@@ -78,7 +101,7 @@ def app_env(tmp_path):
     migrate.upgrade(settings)
     app = create_app(settings)
     sent: list[str] = []
-    app.state.queue.enqueue_distill = sent.append
+    app.state.broker.enqueue_distill = sent.append
     db = Database(settings.database_url)
     _, key = create_key(db, "acme")
     _, other = create_key(db, "other")

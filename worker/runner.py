@@ -7,12 +7,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.db import Database
-from api.models import CANCELLED, FAILED
-from api.services import jobs as jobs_service
+from api.lifecycle import JobStatus
+from api.services import job_runs
 from api.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from td3core.pipeline import Progress
 
 log = logging.getLogger("td3.worker")
 
@@ -38,7 +41,7 @@ class DbHooks:
         self._last_stage: str | None = None
         self.checkpoints = 0
 
-    def on_progress(self, progress: Any) -> None:
+    def on_progress(self, progress: Progress) -> None:
         data = {
             "stage": progress.stage,
             "epoch": int(progress.epoch),
@@ -57,13 +60,13 @@ class DbHooks:
         if event:
             self._last_event = now
             self._last_stage = progress.stage
-        jobs_service.record_progress(self.db, self.job_id, data, event=event)
+        job_runs.record_progress(self.db, self.job_id, data, event=event)
 
     def should_cancel(self) -> bool:
-        return jobs_service.cancel_requested(self.db, self.job_id)
+        return job_runs.cancel_requested(self.db, self.job_id)
 
     def save_checkpoint(self, blob: bytes) -> None:
-        jobs_service.save_checkpoint(self.db, self.job_id, bytes(blob))
+        job_runs.save_checkpoint(self.db, self.job_id, bytes(blob))
         self.checkpoints += 1
 
 
@@ -99,7 +102,7 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
     """Returns the reason the job ended here (for logs and tests)."""
     settings = settings or get_settings()
     db = _database(settings)
-    start = jobs_service.begin_attempt(
+    start = job_runs.begin_attempt(
         db,
         job_id,
         max_attempts=settings.max_attempts,
@@ -107,7 +110,7 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
         pid=os.getpid(),
         lease_seconds=settings.lease_seconds,
     )
-    if not start.run:
+    if isinstance(start, job_runs.Dropped):
         log.info("job %s not run: %s", job_id, start.reason)
         return start.reason
     log.info(
@@ -132,8 +135,8 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
             dataset, config, hooks, device=_device(settings), resume_from=start.checkpoint
         )
     except Cancelled:
-        jobs_service.finish(
-            db, job_id, CANCELLED, code="cancelled", message="cancelled by the client"
+        job_runs.finish(
+            db, job_id, JobStatus.CANCELLED, code="cancelled", message="cancelled by the client"
         )
         return "cancelled"
     except TD3Error as exc:
@@ -144,21 +147,21 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
             if isinstance(exc, ConfigError)
             else "td3_error"
         )
-        jobs_service.finish(db, job_id, FAILED, code=code, message=str(exc))
+        job_runs.finish(db, job_id, JobStatus.FAILED, code=code, message=str(exc))
         return code
     except Exception as exc:  # noqa: BLE001 - any bug still ends the job, never leaves it running
         log.exception("job %s failed with an internal error", job_id)
-        jobs_service.finish(
+        job_runs.finish(
             db,
             job_id,
-            FAILED,
+            JobStatus.FAILED,
             code="internal",
             message=f"internal error ({type(exc).__name__}); see the worker log",
         )
         return "internal"
 
     report = json_safe(dict(result.report))
-    if not jobs_service.succeed(
+    if not job_runs.succeed(
         db, job_id, summary=bytes(result.summary), report=report, metrics=report.get("evaluation")
     ):
         log.warning("job %s finished but its status had changed; result dropped", job_id)

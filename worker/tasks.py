@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from celery import Task
+
+from api.broker import DISTILL_TASK
 from worker.celery_app import app
 
 
-@app.task(name="td3.distill", bind=True, acks_late=True, reject_on_worker_lost=True)
-def distill(self, job_id: str) -> None:
+@app.task(name=DISTILL_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def distill(self: Task, job_id: str) -> None:
     """Run one distillation job; all state lives in the database."""
     from worker.runner import run_job_by_id
 

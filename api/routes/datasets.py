@@ -14,17 +14,17 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, SettingsDep, TenantDep
 from api.errors import APIError
+from api.models import Dataset
 from api.schemas import DatasetList, DatasetOut, DatasetStatistics
 from api.services import datasets as service
-from td3core.data.readers import FORMATS
+from td3core.data.readers import Format, ReaderOptions
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-FormatName = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _out(row) -> DatasetOut:
+def _out(row: Dataset) -> DatasetOut:
     return DatasetOut(
         id=row.id,
         name=row.name,
@@ -70,7 +70,7 @@ async def upload_dataset(
     settings: SettingsDep,
     filename: Annotated[str, Query(min_length=1, max_length=255)] = "upload",
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    format: FormatName = "auto",
+    format: Format = "auto",
     user_col: Annotated[str, Query(min_length=1, max_length=100)] = "user_id",
     item_col: Annotated[str, Query(min_length=1, max_length=100)] = "item_id",
     time_col: Annotated[
@@ -109,13 +109,15 @@ async def upload_dataset(
     opts = service.UploadOptions(
         name=name or filename,
         filename=filename,
-        format=format,
-        user_col=user_col,
-        item_col=item_col,
-        time_col=time_col or None,
-        rating_col=rating_col,
-        delimiter=delimiter,
-        has_header=has_header,
+        reader=ReaderOptions(
+            fmt=format,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col or None,
+            rating_col=rating_col,
+            delimiter=delimiter,
+            has_header=has_header,
+        ),
         preprocess=preprocess,
     )
     digest = hashlib.sha256()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import DatabaseDep, QueueDep
+from api.deps import BrokerDep, DatabaseDep
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -16,10 +16,10 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(db: DatabaseDep, queue: QueueDep):
+def readyz(db: DatabaseDep, broker: BrokerDep) -> JSONResponse:
     """Readiness: the database and the broker both answer (503 otherwise)."""
     checks: dict[str, str] = {}
-    for name, probe in (("database", db.ping), ("broker", queue.ping)):
+    for name, probe in (("database", db.ping), ("broker", broker.ping)):
         try:
             probe()
             checks[name] = "ok"

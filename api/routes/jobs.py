@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import DatabaseDep, QueueDep, TenantDep
-from api.models import ALL_STATUSES
+from api.deps import BrokerDep, DatabaseDep, TenantDep
+from api.lifecycle import EventKind, JobStatus
 from api.schemas import (
     EventList,
     EventOut,
@@ -20,8 +20,6 @@ from api.schemas import (
 from api.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-StatusName = Literal[ALL_STATUSES]  # type: ignore[valid-type]
 
 
 @router.post(
@@ -39,7 +37,7 @@ def create_job(
     response: Response,
     tenant: TenantDep,
     db: DatabaseDep,
-    queue: QueueDep,
+    broker: BrokerDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -52,7 +50,7 @@ def create_job(
         config=config.model_dump(mode="json"),
         body=body.model_dump(mode="json", exclude_unset=True),
         idempotency_key=idempotency_key,
-        enqueue=queue.enqueue_distill,
+        enqueue=broker.enqueue_distill,
     )
     response.status_code = 202 if created else 200
     return JobOut.from_row(job)
@@ -64,7 +62,7 @@ def list_jobs(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-    status: StatusName | None = None,
+    status: JobStatus | None = None,
     dataset_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> JobList:
     rows, next_cursor = service.list_(
@@ -85,7 +83,7 @@ def list_events(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-    kind: Literal["status", "progress", "metric", "log"] | None = None,
+    kind: EventKind | None = None,
 ) -> EventList:
     """Oldest first. `next_cursor` is always set once there are events: pass it back to
     get only newer ones (poll-friendly)."""
@@ -134,5 +132,5 @@ def download_summary(job_id: str, tenant: TenantDep, db: DatabaseDep) -> Respons
 
 
 @router.get("/{job_id}/report", responses={409: {"description": "the job has not succeeded"}})
-def get_report(job_id: str, tenant: TenantDep, db: DatabaseDep) -> dict:
+def get_report(job_id: str, tenant: TenantDep, db: DatabaseDep) -> dict[str, Any]:
     return service.report(db, tenant, job_id)

@@ -12,24 +12,22 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from api.db import Database
-from api.errors import APIError, not_found
-from api.models import ACTIVE_STATUSES, Dataset, Job, Tenant, new_id, utcnow
+from api.errors import APIError, format_validation_errors
+from api.lifecycle import ACTIVE
+from api.models import Dataset, Job, Tenant, new_id, utcnow
 from api.pagination import newest_first_page
+from api.services.tenancy import owned_or_404
+from td3core.data.readers import ReaderOptions
 
 
 @dataclass(frozen=True)
 class UploadOptions:
-    """Reader options and preprocessing options; None means the library default."""
+    """How to read the upload (the library's reader options) and how to preprocess it
+    (`PreprocessConfig` fields; a missing one takes the library default)."""
 
     name: str
     filename: str
-    format: str = "auto"
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str | None = "timestamp"
-    rating_col: str | None = None
-    delimiter: str | None = None
-    has_header: bool | None = None
+    reader: ReaderOptions = dataclasses.field(default_factory=ReaderOptions)
     preprocess: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -46,35 +44,18 @@ def parse_upload(path: Path, opts: UploadOptions, sha256: str) -> ParsedDataset:
     message (file, line, problem). No database access here."""
     from pydantic import ValidationError
 
-    from td3core.data import FORMATS, PreprocessConfig, build_dataset, read_interactions
+    from td3core.data import PreprocessConfig, build_dataset, read_interactions
     from td3core.data.storage import dataset_to_bytes
     from td3core.errors import TD3Error
 
-    if opts.format != "auto" and opts.format not in FORMATS:
-        raise APIError(
-            422,
-            "invalid_format",
-            f"unknown format {opts.format!r}; one of: auto, {', '.join(sorted(FORMATS))}",
-        )
     try:
         settings = PreprocessConfig(**opts.preprocess)
     except ValidationError as exc:
-        from api.errors import format_validation_errors
-
         raise APIError(
             422, "invalid_preprocessing", format_validation_errors(exc.errors())
         ) from exc
     try:
-        inter = read_interactions(
-            path,
-            fmt=opts.format,
-            user_col=opts.user_col,
-            item_col=opts.item_col,
-            time_col=opts.time_col,
-            rating_col=opts.rating_col,
-            delimiter=opts.delimiter,
-            has_header=opts.has_header,
-        )
+        inter = read_interactions(path, opts.reader)
         dataset = build_dataset(inter, settings)
     except TD3Error as exc:
         raise APIError(422, "invalid_data", _rename(str(exc), path, opts.filename)) from exc
@@ -119,57 +100,24 @@ def create(
     return row
 
 
-_META = (
-    Dataset.id,
-    Dataset.tenant_id,
-    Dataset.name,
-    Dataset.filename,
-    Dataset.format,
-    Dataset.size_bytes,
-    Dataset.sha256,
-    Dataset.preprocessing,
-    Dataset.stats,
-    Dataset.created_at,
-)
-
-
-def _meta_query():
-    # never load the (large) processed bytes for listings
-    from sqlalchemy.orm import load_only
-
-    return select(Dataset).options(load_only(*_META))
-
-
 def get(db: Database, tenant: Tenant, dataset_id: str) -> Dataset:
     with db.session() as session:
-        row = session.scalar(
-            _meta_query().where(Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)
-        )
-        if row is None:
-            raise not_found("dataset", dataset_id)
-        return row
+        return owned_or_404(session, Dataset, dataset_id, tenant)
 
 
 def list_(
     db: Database, tenant: Tenant, *, limit: int, cursor: str | None
-) -> tuple[list, str | None]:
-    query = _meta_query().where(Dataset.tenant_id == tenant.id)
+) -> tuple[list[Dataset], str | None]:
+    query = select(Dataset).where(Dataset.tenant_id == tenant.id)
     return newest_first_page(db, query, Dataset.created_at, Dataset.id, limit=limit, cursor=cursor)
 
 
 def delete_(db: Database, tenant: Tenant, dataset_id: str) -> None:
     with db.transaction() as session:
-        row = session.scalar(
-            select(Dataset.id)
-            .where(Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)
-            .with_for_update()
-        )
-        if row is None:
-            raise not_found("dataset", dataset_id)
+        # the lock makes a concurrent job creation on this dataset wait for the verdict
+        owned_or_404(session, Dataset, dataset_id, tenant, lock=True)
         busy = session.scalar(
-            select(Job.id)
-            .where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
-            .limit(1)
+            select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE)).limit(1)
         )
         if busy is not None:
             raise APIError(

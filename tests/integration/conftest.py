@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers_service import auth_headers, require_or_skip
 
 from api import migrate
 from api.db import Database
 from api.main import create_app
-from api.serve import start_worker, stop_worker
-from api.services.auth import create_key
 from api.settings import Settings
-from tests.conftest import require_or_skip
+from td3.serve import start_worker, stop_worker
 
 PG_HOST = os.environ.get("TD3_TEST_PG_HOST", "127.0.0.1:5432")
 REDIS_URL = os.environ.get("TD3_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -129,19 +128,14 @@ def idle_client(settings):
         yield c
 
 
-def _auth(db: Database, name: str) -> dict[str, str]:
-    _, key = create_key(db, f"{name}-{secrets.token_hex(3)}")
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture(scope="session")
 def auth(db) -> dict[str, str]:
-    return _auth(db, "acme")
+    return auth_headers(db, "acme")
 
 
 @pytest.fixture(scope="session")
 def other_auth(db) -> dict[str, str]:
-    return _auth(db, "other")
+    return auth_headers(db, "other")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ def _env(home: Path) -> dict[str, str]:
 
 def test_admin_create_key_prints_key_last(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "api.cli", "admin", "create-key", "--tenant", "t1"],
+        [sys.executable, "-m", "td3", "admin", "create-key", "--tenant", "t1"],
         cwd=ROOT,
         env=_env(tmp_path),
         capture_output=True,
@@ -32,7 +32,7 @@ def test_admin_create_key_prints_key_last(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith("td3_")
     assert (tmp_path / "td3.db").exists()
     r = subprocess.run(
-        [sys.executable, "-m", "api.cli", "admin", "list-tenants"],
+        [sys.executable, "-m", "td3", "admin", "list-tenants"],
         cwd=ROOT,
         env=_env(tmp_path),
         capture_output=True,
@@ -49,7 +49,7 @@ def test_embedded_demo_end_to_end(tmp_path):
         [
             sys.executable,
             "-m",
-            "api.cli",
+            "td3",
             "demo",
             "--out",
             str(out),

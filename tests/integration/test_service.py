@@ -9,16 +9,16 @@ import signal
 import time
 
 import pytest
+from helpers_service import TINY_CONFIG, auth_headers
 from sqlalchemy import func, select
 
 from api.errors import APIError
+from api.lifecycle import TERMINAL, JobStatus
 from api.models import Checkpoint, Dataset, Job, JobEvent
+from api.services import job_runs
 from api.services import jobs as jobs_service
-from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.integration
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _count(db, model) -> int:
@@ -206,9 +206,7 @@ def test_idempotent_create_in_flight_is_409(idle_client, auth, dataset, db):
 
 
 def test_job_pagination_and_filters(idle_client, client, db, synthetic_csv):
-    from tests.integration.conftest import _auth
-
-    auth = _auth(db, "pager")
+    auth = auth_headers(db, "pager")
     ds = client.post(
         "/v1/datasets", params={"filename": "s.csv"}, content=synthetic_csv, headers=auth
     ).json()
@@ -431,7 +429,7 @@ def test_redelivery_cap_fails_with_worker_lost(idle_client, auth, dataset, db, s
             .where(Job.id == job["id"])
             .values(status="running", attempts=settings.max_attempts)
         )
-    start = jobs_service.begin_attempt(
+    start = job_runs.begin_attempt(
         db,
         job["id"],
         max_attempts=settings.max_attempts,
@@ -439,7 +437,7 @@ def test_redelivery_cap_fails_with_worker_lost(idle_client, auth, dataset, db, s
         pid=os.getpid(),
         lease_seconds=settings.lease_seconds,
     )
-    assert not start.run and start.reason == "worker_lost"
+    assert start == job_runs.Dropped("worker_lost")
     got = idle_client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["status"] == "failed" and got["error"]["code"] == "worker_lost"
 
@@ -472,7 +470,7 @@ def test_second_delivery_of_a_live_job_is_dropped(idle_client, auth, dataset, db
     here = f"td3-test@{socket.gethostname()}"
 
     def attempt():
-        return jobs_service.begin_attempt(
+        return job_runs.begin_attempt(
             db,
             job["id"],
             max_attempts=settings.max_attempts,
@@ -483,20 +481,20 @@ def test_second_delivery_of_a_live_job_is_dropped(idle_client, auth, dataset, db
 
     _as_running(db, job["id"], worker=here, pid=os.getpid())  # alive, on this machine
     start = attempt()
-    assert not start.run and start.reason.startswith("already running")
+    assert isinstance(start, job_runs.Dropped) and start.reason.startswith("already running")
     _as_running(db, job["id"], worker="td3@elsewhere", pid=1, updated_at=utcnow())  # fresh lease
-    assert not attempt().run
+    assert isinstance(attempt(), job_runs.Dropped)
     with db.session() as s:
         assert s.scalar(select(Job.attempts).where(Job.id == job["id"])) == 0
 
     _as_running(
         db, job["id"], worker="td3@elsewhere", pid=1, updated_at=utcnow() - timedelta(seconds=120)
     )  # lease expired
-    assert attempt().run
+    assert isinstance(attempt(), job_runs.Claimed)
     _as_running(db, job["id"], worker=here, pid=_dead_pid())  # its process is gone
     start = attempt()
-    assert start.run and start.attempts == 2
-    jobs_service.finish(db, job["id"], "cancelled", code="cancelled", message="test over")
+    assert isinstance(start, job_runs.Claimed) and start.attempts == 2
+    job_runs.finish(db, job["id"], JobStatus.CANCELLED, code="cancelled", message="test over")
 
 
 def test_orphaned_job_is_requeued_and_resumes(
@@ -504,19 +502,19 @@ def test_orphaned_job_is_requeued_and_resumes(
 ):
     import socket
 
-    from api.queue import Queue
+    from api.broker import Broker
 
     job = _submit(idle_client, auth, dataset["id"]).json()  # its message goes nowhere
     _as_running(db, job["id"], worker=f"td3-gone@{socket.gethostname()}", pid=_dead_pid())
     sent: list[str] = []
-    requeued = jobs_service.requeue_orphans(db, sent.append, lease_seconds=settings.lease_seconds)
+    requeued = job_runs.requeue_orphans(db, sent.append, lease_seconds=settings.lease_seconds)
     assert job["id"] in requeued and requeued == sent
 
-    queue = Queue(settings)  # the queue the live test worker reads
+    broker = Broker(settings)  # on the queue the live test worker reads
     try:
-        queue.enqueue_distill(job["id"])
+        broker.enqueue_distill(job["id"])
     finally:
-        queue.close()
+        broker.close()
     done = _wait(client, auth, job["id"], lambda j: j["status"] in TERMINAL, timeout=180)
     assert done["status"] == "succeeded", done
     events = _all_events(client, auth, job["id"], limit=50)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -16,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from api.lifecycle import TERMINAL, JobStatus
 from api.settings import Settings
-from td3core.tables import evaluation_markdown
+from td3.tables import evaluation_markdown
 
 
 def _free_port() -> int:
@@ -40,7 +42,7 @@ def _fmt_progress(p: dict[str, Any]) -> str:
     )
 
 
-def demo_config(args) -> dict[str, Any]:
+def demo_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "users": args.users,
         "length": args.length,
@@ -62,11 +64,11 @@ def demo_config(args) -> dict[str, Any]:
     }
 
 
-def run_demo(args) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     import httpx
 
     settings = Settings()
-    server: subprocess.Popen | None = None
+    server: subprocess.Popen[bytes] | None = None
     url = args.url
     log_path = settings.home / "demo-serve.log"
     try:
@@ -82,7 +84,7 @@ def run_demo(args) -> int:
                 [
                     sys.executable,
                     "-m",
-                    "api.cli",
+                    "td3",
                     "serve",
                     "--host",
                     "127.0.0.1",
@@ -155,7 +157,9 @@ def run_demo(args) -> int:
         cursor: str | None = None
         finished = False
         while True:
-            params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, str | int] = {"limit": 200}
+            if cursor:
+                params["cursor"] = cursor
             page = client.get(f"/v1/jobs/{job['id']}/events", params=params, headers=headers).json()
             for event in page["items"]:
                 if event["kind"] == "progress":
@@ -168,14 +172,14 @@ def run_demo(args) -> int:
             if finished:  # the log is drained up to the terminal status
                 break
             job = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] in TERMINAL:
                 finished = True
                 continue
             if time.monotonic() > deadline:
                 _say(f"error: job still {job['status']} after {args.timeout}s")
                 return 1
             time.sleep(args.poll)
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             _say(f"error: job {job['status']}: {json.dumps(job.get('error'))}")
             return 1
         t = job["timings"]
@@ -210,7 +214,7 @@ def run_demo(args) -> int:
             _stop(server)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGINT)  # uvicorn shuts down, then serve stops its worker

@@ -1,4 +1,4 @@
-"""Service commands for the `td3` console script: serve, admin, demo.
+"""Service commands of the `td3` console script: serve, admin, demo.
 
 Heavy imports (uvicorn, the app, td3core) happen inside the commands, never at
 module load (and torch never in the API process)."""
@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from api.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-def _settings():
+def _settings() -> Settings:
     from api.settings import Settings
 
     return Settings()
@@ -92,8 +96,8 @@ def _logging(level: str = "info") -> None:
     )
 
 
-def _serve(args) -> int:
-    from api.serve import serve
+def _serve(args: argparse.Namespace) -> int:
+    from td3.serve import serve
 
     _logging(args.log_level)
     if args.workers < 1:
@@ -109,7 +113,7 @@ def _serve(args) -> int:
     )
 
 
-def _migrate(args) -> int:
+def _migrate(args: argparse.Namespace) -> int:
     from api import migrate
 
     settings = _settings()
@@ -118,7 +122,7 @@ def _migrate(args) -> int:
     return 0
 
 
-def _create_key(args) -> int:
+def _create_key(args: argparse.Namespace) -> int:
     from api import migrate
     from api.db import Database
     from api.services.auth import create_key
@@ -135,7 +139,7 @@ def _create_key(args) -> int:
     return 0
 
 
-def _list_tenants(args) -> int:
+def _list_tenants(args: argparse.Namespace) -> int:
     from api import migrate
     from api.db import Database
     from api.services.auth import list_tenants
@@ -147,27 +151,15 @@ def _list_tenants(args) -> int:
     return 0
 
 
-def _requeue_orphans(args) -> int:
-    from api.serve import requeue_orphans
+def _requeue_orphans(args: argparse.Namespace) -> int:
+    from td3.serve import requeue_orphans
 
     ids = requeue_orphans(_settings())
     print(f"re-enqueued {len(ids)} job(s)" + (": " + ", ".join(ids) if ids else ""))
     return 0
 
 
-def _demo(args) -> int:
-    from api.demo import run_demo
+def _demo(args: argparse.Namespace) -> int:
+    from td3.demo import run_demo
 
     return run_demo(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m api.cli ...`: the service commands alone (the `td3` script has them too)."""
-    parser = argparse.ArgumentParser(prog="python -m api.cli")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from api.settings import Settings
 
@@ -42,8 +43,14 @@ def worker_command(settings: Settings, *, concurrency: int = 1, hostname: str = 
 
 
 def start_worker(
-    settings: Settings, *, concurrency: int = 1, env: dict[str, str] | None = None, **popen
-) -> subprocess.Popen:
+    settings: Settings,
+    *,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """A Celery worker process on this settings' queues, in its own process group
+    (so `stop_worker` can signal its children too)."""
     child_env = {**os.environ, **settings.child_env(), **(env or {})}
     return subprocess.Popen(
         worker_command(settings, concurrency=concurrency),
@@ -53,7 +60,7 @@ def start_worker(
     )
 
 
-def stop_worker(proc: subprocess.Popen | None, *, timeout: float = 15.0) -> None:
+def stop_worker(proc: subprocess.Popen[bytes] | None, *, timeout: float = 15.0) -> None:
     """Warm shutdown (SIGTERM: finish the running task), then cold (SIGQUIT), then kill.
     An unfinished job stays unacked and is redelivered (and resumed) later."""
     if proc is None or proc.poll() is not None:
@@ -74,19 +81,19 @@ def requeue_orphans(settings: Settings) -> list[str]:
     """Jobs left behind by a worker that died with its messages (the serverless broker
     drops a message once fetched) go back to the queue; `begin_attempt` resumes them
     from their checkpoints."""
+    from api.broker import Broker
     from api.db import Database
-    from api.queue import Queue
-    from api.services import jobs
+    from api.services import job_runs
 
-    queue = Queue(settings)
+    broker = Broker(settings)
     try:
-        ids = jobs.requeue_orphans(
+        ids = job_runs.requeue_orphans(
             Database(settings.database_url),
-            queue.enqueue_distill,
+            broker.enqueue_distill,
             lease_seconds=settings.lease_seconds,
         )
     finally:
-        queue.close()
+        broker.close()
     if ids:
         log.info("re-enqueued %d orphaned job(s): %s", len(ids), ", ".join(ids))
     return ids

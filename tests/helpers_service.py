@@ -1,11 +1,15 @@
-"""Shared test helpers for the service tests (fixtures for the real Postgres/Redis
-live in tests/integration/conftest.py)."""
+"""Helpers shared by the service tests (`from helpers_service import ...`; the
+fixtures for the real Postgres/Redis live in tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 
 import pytest
+
+from api.db import Database
+from api.services.auth import create_key
 
 
 def require_or_skip(available: bool, reason: str) -> None:
@@ -17,6 +21,13 @@ def require_or_skip(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def auth_headers(db: Database, tenant: str) -> dict[str, str]:
+    """Headers with a new key of a new tenant named after `tenant`."""
+    _, key = create_key(db, f"{tenant}-{secrets.token_hex(3)}")
+    return {"Authorization": f"Bearer {key}"}
+
+
+# A job that runs in seconds on a CPU: the service tests are about the plumbing.
 TINY_CONFIG = {
     "users": 4,
     "length": 8,
