@@ -1,4 +1,4 @@
-"""RecBole's evaluation protocol (REFERENCE.md §2): uni100 and full ranking.
+"""RecBole's evaluation protocol (docs/METHOD.md §2): uni100 and full ranking.
 
 Ranks are pessimistic: a candidate scoring equal to the true item beats it, and a
 non-finite true-item score ranks last, so a NaN-producing model scores 0, not 100.
