@@ -76,7 +76,8 @@ MIN_EVAL_EVERY = 10
 
 
 class DistillConfig(_Settings):
-    """Algorithm 1 with RaT-BPTT; defaults from the paper and the authors' scripts (docs/METHOD.md §1)."""
+    """Algorithm 1 with RaT-BPTT; defaults from the paper and the authors' scripts
+    (docs/METHOD.md §1)."""
 
     users: int = Field(..., ge=1, le=100_000, description="mu: synthetic users")
     length: int = Field(..., ge=2, le=4096, description="zeta: synthetic sequence length")
