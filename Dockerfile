@@ -35,4 +35,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
 
 # API (runs the migrations first); the worker service overrides this command.
-CMD ["python", "-m", "api.cli", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
+CMD ["python", "-m", "td3", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
