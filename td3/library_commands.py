@@ -146,8 +146,8 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
     return JobConfig.model_validate(
         {
             "distill": distill,
-            "teacher": _recipe("teacher", max_steps=args.teacher_steps),
-            "learner": _recipe("learner", max_steps=args.learner_steps, lr=args.learner_lr),
+            "teacher": _given(max_steps=args.teacher_steps),
+            "learner": _given(max_steps=args.learner_steps, lr=args.learner_lr),
             **job,
         }
     )
@@ -286,12 +286,6 @@ def _load_dataset(args: argparse.Namespace, preprocessing: dict[str, Any] | None
     return build_dataset(interactions, PreprocessConfig(**settings))
 
 
-def _recipe(name: str, **overrides: Any) -> dict[str, Any]:
-    """A JobConfig training recipe (its default) with the given settings overridden."""
-    default = JobConfig.model_fields[name].default.model_dump()
-    return default | _given(**overrides)
-
-
 # --------------------------------------------------------------- commands
 def _distill(args: argparse.Namespace) -> int:
     from td3.progress import CliHooks
@@ -402,7 +396,7 @@ def _baseline(args: argparse.Namespace) -> int:
     config = JobConfig.model_validate(
         {
             "distill": {"users": args.users, "length": args.length, "alt": False},
-            "teacher": _recipe("teacher", max_steps=args.steps),
+            "teacher": _given(max_steps=args.steps),
             "evaluations": [args.method],
             **_given(max_len=args.max_len, search_lrs=args.search_lrs),
         }

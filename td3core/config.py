@@ -6,7 +6,7 @@ the worker, the CLI and the library all read one definition.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,10 +20,15 @@ EVALUATIONS: tuple[str, ...] = ("summary", "full", *SAMPLERS)
 # zeta >= 7 (the authors' code crashes below that).
 ALT_FIRST_POSITION = 5
 ALT_MIN_LENGTH = ALT_FIRST_POSITION + 2
+# Seeds are offset and combined (seed + i, several streams per run): keeping them to
+# 32 bits leaves every derived value inside what torch and numpy accept.
+MAX_SEED = 2**32 - 1
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity and NaN are never a setting (they pass `gt`/`le` bounds or poison the
+    # arithmetic); unknown fields are an error, not silently dropped.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Settings):
@@ -52,9 +57,9 @@ class TrainConfig(_Settings):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     batch_size: int = Field(256, ge=1, le=65536)
     max_steps: int = Field(3000, ge=1, le=10_000_000)
-    eval_every: int = Field(100, ge=1)
-    patience: int = Field(5, ge=1)
-    seed: int = Field(0, ge=0)
+    eval_every: int = Field(100, ge=1, le=10_000_000)
+    patience: int = Field(5, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     max_epochs: int = Field(
         100, ge=1, le=100_000, description="step cap in passes over the training data"
     )
@@ -152,7 +157,7 @@ class JobConfig(_Settings):
     max_len: int | None = Field(None, ge=2, le=4096, description="history length; default: length")
     evaluations: list[EvaluationName] = ["summary", "full", "random-users"]
     eval_seeds: int = Field(1, ge=1, le=10, description="learners trained per evaluated data")
-    negatives_seed: int = Field(0, ge=0)
+    negatives_seed: int = Field(0, ge=0, le=MAX_SEED)
     paper_compatible: bool = Field(
         False, description="also report learners started from the teacher's item embeddings (leaky)"
     )
@@ -163,6 +168,21 @@ class JobConfig(_Settings):
         description="learning rates tried for every evaluated row (summary, full data, "
         "samplers alike); each row reports the one with the best validation MRR@10",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_partial_settings(cls, data: Any) -> Any:
+        """A nested override changes only the fields it names: `{"learner":
+        {"max_steps": 10}}` keeps the learner recipe's lr and batch, instead of
+        resetting them to `TrainConfig`'s own defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            given, default = merged.get(name), info.default
+            if isinstance(given, dict) and isinstance(default, BaseModel):
+                merged[name] = default.model_dump() | given
+        return merged
 
     @property
     def history_length(self) -> int:
