@@ -14,6 +14,10 @@ from api.db import Database
 from api.errors import APIError
 
 
+def _invalid_cursor() -> APIError:
+    return APIError(422, "invalid_cursor", "cursor is not one this API returned")
+
+
 def encode_cursor(*values: Any) -> str:
     raw = json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in values])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -27,7 +31,14 @@ def decode_cursor(cursor: str, n: int) -> list[Any]:
             raise ValueError("wrong shape")
         return values
     except Exception as exc:
-        raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+        raise _invalid_cursor() from exc
+
+
+def decode_id_cursor(cursor: str) -> int:
+    (ident,) = decode_cursor(cursor, 1)
+    if not isinstance(ident, int):
+        raise _invalid_cursor()
+    return ident
 
 
 def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
@@ -35,7 +46,7 @@ def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         return datetime.fromisoformat(created), str(ident)
     except (TypeError, ValueError) as exc:
-        raise APIError(422, "invalid_cursor", "cursor is not one this API returned") from exc
+        raise _invalid_cursor() from exc
 
 
 def newest_first_page(

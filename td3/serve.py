@@ -18,7 +18,9 @@ from api.settings import Settings
 log = logging.getLogger("td3.serve")
 
 
-def worker_command(settings: Settings, *, concurrency: int = 1, hostname: str = "") -> list[str]:
+def worker_command(settings: Settings, *, concurrency: int = 1) -> list[str]:
+    """`celery worker` on this settings' queues, named after this process (a job row
+    records the node name, and `runner_gone` checks the pid on the same host)."""
     return [
         sys.executable,
         "-m",
@@ -35,7 +37,7 @@ def worker_command(settings: Settings, *, concurrency: int = 1, hostname: str = 
         "--loglevel",
         "INFO",
         "--hostname",
-        hostname or f"td3-{os.getpid()}@%h",
+        f"td3-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",

@@ -14,6 +14,7 @@ from helpers_service import TINY_CONFIG
 from api import migrate
 from api.db import Database
 from api.main import create_app
+from api.pagination import encode_cursor
 from api.schemas import build_job_config
 from api.services.auth import create_key, hash_key
 from api.settings import Settings
@@ -171,6 +172,16 @@ def test_sqlite_flow_without_worker(app_env):
     assert client.delete(f"/v1/datasets/{ds['id']}", headers=auth).status_code == 409
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert r.json()["status"] == "cancelled"
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
+    assert [e["data"]["status"] for e in events["items"]] == ["queued", "cancelled"]
+    newer = client.get(
+        f"/v1/jobs/{job['id']}/events", params={"cursor": events["next_cursor"]}, headers=auth
+    ).json()
+    assert newer == {"items": [], "next_cursor": events["next_cursor"]}
+    # not a cursor at all; a well-formed cursor that holds no event id
+    for cursor in ("nonsense", encode_cursor("evt_1")):
+        r = client.get(f"/v1/jobs/{job['id']}/events", params={"cursor": cursor}, headers=auth)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor"
     assert client.get(f"/v1/jobs/{job['id']}/summary", headers=auth).status_code == 409
     assert client.delete(f"/v1/datasets/{ds['id']}", headers=auth).status_code == 204
 

@@ -18,7 +18,7 @@ from api.db import Database
 from api.errors import APIError, not_found
 from api.lifecycle import EventKind, JobStatus, record_event, transition
 from api.models import Artifact, Dataset, Job, JobEvent, Report, Tenant, new_id, utcnow
-from api.pagination import decode_cursor, encode_cursor, newest_first_page
+from api.pagination import decode_id_cursor, encode_cursor, newest_first_page
 from api.services.tenancy import owned_or_404
 
 log = logging.getLogger("td3.jobs")
@@ -148,10 +148,7 @@ def events(
     if kind:
         query = query.where(JobEvent.kind == kind)
     if cursor:
-        (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int):
-            raise APIError(422, "invalid_cursor", "cursor is not one this API returned")
-        query = query.where(JobEvent.id > after)
+        query = query.where(JobEvent.id > decode_id_cursor(cursor))
     query = query.order_by(JobEvent.id).limit(limit + 1)
     with db.session() as session:
         rows = list(session.scalars(query))
