@@ -8,6 +8,13 @@ CE(real batch) + FSA(teacher features) taken through those W steps.
 Every random choice of outer step s comes from generators seeded by (seed, s), so
 the counters are the whole RNG state: a run stopped after any step and resumed
 from `state_bytes()` continues exactly as an uninterrupted one.
+
+Two engines run the inner loop. "func" (default) holds the learner in one flat
+buffer: plain steps keep no graph, each Adam update is a dozen ops on that buffer,
+and the differentiable window builds the smallest graph we know how to. "higher" is
+the reference: a regular module with `torch.optim.Adam` for the plain steps and the
+`higher` package for the window; the tests check that both give the same
+meta-gradient.
 """
 
 from __future__ import annotations
@@ -23,14 +30,13 @@ import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
 from td3core.errors import Cancelled, ConfigError, DataError
-from td3core.inner import summary_loss
+from td3core.inner import BoundLearner, SoftSequences, alt_positions, inner_loss
 from td3core.models.sasrec import SASRec
-from td3core.optim import AdamState, Params, adam_step
+from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
 from td3core.summary import TuckerSummary
 from td3core.teacher import Teacher
@@ -63,7 +69,7 @@ class MetaLoss:
     fsa: Tensor
     plain_steps: int
     params: Params  # the learner after the inner loop
-    adam: AdamState
+    adam: AdamState | None  # its optimiser state (None from the reference backend)
 
 
 SelectFn = Callable[[TuckerSummary], float]
@@ -78,14 +84,14 @@ def seed_for(*parts: int) -> int:
 
 
 class _Apply(nn.Module):
-    """Runs any function of the learner under substituted parameters
-    (`torch.func.functional_call` and `higher` both patch `forward`)."""
+    """Runs any function of the learner under substituted parameters (`higher`
+    patches `forward`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: SASRec):
         super().__init__()
         self.model = model
 
-    def forward(self, fn: Callable[[nn.Module], Tensor]) -> Tensor:
+    def forward(self, fn: Callable[[SASRec], Tensor]) -> Tensor:
         return fn(self.model)
 
 
@@ -114,9 +120,11 @@ class Distiller:
         self.train = split.train.to(self.device)
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
         self.model_config = model_config
-        self.learner = _Apply(SASRec.from_config(split.n_items, split.max_len, model_config))
-        self.learner.to(self.device).train()  # dropout stays on in the inner loop
-        self.param_names = [name for name, _ in self.learner.model.named_parameters()]
+        # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
+        self.learner = BoundLearner(self._new_model())
+        self.param_names = list(self.learner.layout.names)
+        # The reference backend trains a module with its own parameters.
+        self._reference = _Apply(self._new_model()) if config.backend == "higher" else None
 
         init = torch.Generator().manual_seed(seed_for(config.seed, 0xC0DE))
         self.summary = TuckerSummary(
@@ -224,6 +232,7 @@ class Distiller:
         self.optimizer.step()
         self.scheduler.step()
         if cfg.learner_draw == "epoch":
+            assert meta.adam is not None  # the config refuses the reference backend here
             self._carried = ({k: v.detach() for k, v in meta.params.items()}, meta.adam.detached())
         self.step += 1
         losses = {
@@ -248,11 +257,14 @@ class Distiller:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed_for(cfg.seed, 2, s))  # dropout in this step
-            params, adam = self._plain_steps(params, adam, plain, gen)
-            params, adam = self._window(params, adam, gen)
+            final: AdamState | None
+            if self._reference is None:
+                params, final = self._inner_loop(params, adam, plain, gen)
+            else:
+                params, final = self._inner_loop_higher(params, adam, plain, gen)
             ce, fsa = self._outer_loss(params, real)
         loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
-        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, adam)
+        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, final)
 
     # ------------------------------------------------------------ the pieces
     def _real_batch(self, epoch: int, index: int) -> Tensor:
@@ -289,107 +301,142 @@ class Distiller:
             fresh = SASRec.from_config(self.split.n_items, self.split.max_len, self.model_config)
         return {name: p.detach().to(self.device) for name, p in fresh.named_parameters()}
 
-    def _learner_loss(self, params: Params, probs: Tensor, gen: torch.Generator) -> Tensor:
-        named = {f"model.{k}": v for k, v in params.items()}
-        return functional_call(
-            self.learner,
-            named,
-            (lambda m: summary_loss(m, probs, alt=self.config.alt, generator=gen),),
-        )
+    def _new_model(self) -> SASRec:
+        model = SASRec.from_config(self.split.n_items, self.split.max_len, self.model_config)
+        return model.to(self.device).train()
 
-    def _batch_probs(self, steps: int) -> list[Tensor]:
+    def _batch_probs(self, steps: int) -> list[SoftSequences]:
         """S for the synthetic batches that `steps` inner steps visit (batches cycle in
         a fixed order). Computed once per phase: the factors do not change inside the
         inner loop, and in the window one tensor per batch keeps the graph small."""
         count = min(steps, len(self.synthetic_batches))
-        return [self.summary.probs(users) for users in self.synthetic_batches[:count]]
+        return [
+            SoftSequences.of(self.summary.probs(users)) for users in self.synthetic_batches[:count]
+        ]
 
-    def _adam(self, params: Params, grads: tuple[Tensor, ...], adam: AdamState):
-        return adam_step(
-            params,
-            dict(zip(params, grads, strict=True)),
-            adam,
-            lr=self.config.inner_lr,
-            eps=self.config.inner_eps,
-            weight_decay=self.config.inner_weight_decay,
+    def _alt_positions(self, steps: int, gen: torch.Generator) -> list[Tensor | None]:
+        """The ALT target positions of `steps` inner steps, drawn up front (the same
+        draws, in the same order, as one per step) and moved to the device at once,
+        so the loop itself never waits for a copy."""
+        if not self.config.alt:
+            return [None] * steps
+        sizes = [len(self.synthetic_batches[t % len(self.synthetic_batches)]) for t in range(steps)]
+        drawn = [alt_positions(size, self.config.length, gen) for size in sizes]
+        return list(torch.cat(drawn).to(self.device).split(sizes)) if drawn else []
+
+    def _inner_loop(
+        self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
+    ) -> tuple[Params, AdamState]:
+        """`plain` ordinary inner steps, then the W differentiable ones continuing the
+        (detached) Adam moments; the synthetic batches restart at batch 0 in the
+        window, as in the authors' code. Parameters and moments live in flat buffers."""
+        layout = self.learner.layout
+        theta = layout.flatten(params).detach()  # [P], a copy this loop owns
+        exp_avg, exp_avg_sq = (t.detach() for t in layout.flatten_state(adam))
+        step = adam.step
+        if plain:
+            # A regular training loop on a model whose parameters are views of theta:
+            # backward accumulates into views of one flat gradient and Adam rewrites
+            # theta in place, so a step builds no graph beyond the loss's own.
+            grad = torch.zeros_like(theta)
+            leaves, grads = layout.views(theta), layout.views(grad)
+            for name, leaf in leaves.items():
+                leaf.requires_grad_(True)
+                leaf.grad = grads[name]
+            model = self.learner(leaves)
+            with torch.no_grad():
+                batches = self._batch_probs(plain)
+            positions = self._alt_positions(plain, gen)
+            for t in range(plain):
+                grad.zero_()
+                inner_loss(model, batches[t % len(batches)], positions[t]).backward()
+                step += 1
+                with torch.no_grad():
+                    new, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
+                    theta.copy_(new)
+            theta = theta.detach()  # drop the views' bookkeeping
+        # The window: every step a function of the previous one, graph kept.
+        theta = theta.requires_grad_(True)  # a leaf: the window starts detached
+        batches = self._batch_probs(self.config.window)
+        positions = self._alt_positions(self.config.window, gen)
+        for t in range(self.config.window):
+            loss = inner_loss(
+                self.learner(layout.views(theta)), batches[t % len(batches)], positions[t]
+            )
+            (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
+            step += 1
+            theta, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
+        return layout.views(theta), AdamState(step, layout.views(exp_avg), layout.views(exp_avg_sq))
+
+    def _adam(
+        self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.config
+        return adam_update(
+            theta,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            step=step,
+            lr=cfg.inner_lr,
+            eps=cfg.inner_eps,
+            weight_decay=cfg.inner_weight_decay,
         )
 
-    def _plain_steps(self, params: Params, adam: AdamState, count: int, gen: torch.Generator):
-        """Ordinary inner steps: no graph is kept, so they cost one backward each."""
-        with torch.no_grad():
-            batches = self._batch_probs(count)
-        for t in range(count):
-            params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            loss = self._learner_loss(params, batches[t % len(batches)], gen)
-            grads = torch.autograd.grad(loss, list(params.values()))
-            with torch.no_grad():
-                params, adam = self._adam(params, grads, adam)
-        return params, adam
-
-    def _window(self, params: Params, adam: AdamState, gen: torch.Generator):
-        """W differentiable steps continuing the (detached) Adam moments; the
-        synthetic batches restart at batch 0 as in the authors' code."""
-        if self.config.backend == "higher":
-            return self._window_higher(params, adam, gen)
-        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        adam = adam.detached()
-        batches = self._batch_probs(self.config.window)
-        for t in range(self.config.window):
-            loss = self._learner_loss(params, batches[t % len(batches)], gen)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            params, adam = self._adam(params, grads, adam)
-        return params, adam
-
-    def _window_higher(self, params: Params, adam: AdamState, gen: torch.Generator):
-        """The same window through the `higher` package (cross-check backend)."""
+    def _inner_loop_higher(
+        self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
+    ) -> tuple[Params, None]:
+        """The reference engine: the same inner loop on a regular module, plain steps
+        with `torch.optim.Adam`, the window through the `higher` package."""
         import higher
 
+        assert self._reference is not None
+        cfg, model = self.config, self._reference.model
         with torch.no_grad():
-            for name, p in self.learner.model.named_parameters():
+            for name, p in model.named_parameters():
                 p.copy_(params[name])
         # higher adds eps before the bias correction of the second moment,
         # torch.optim.Adam (and ours) after it: the two agree to rounding only where
         # eps is negligible against sqrt(v).
         optimizer = torch.optim.Adam(
-            self.learner.parameters(),
-            lr=self.config.inner_lr,
-            eps=self.config.inner_eps,
-            weight_decay=self.config.inner_weight_decay,
+            model.parameters(),
+            lr=cfg.inner_lr,
+            eps=cfg.inner_eps,
+            weight_decay=cfg.inner_weight_decay,
+            foreach=False,
         )
-        if adam.step:
-            for name, p in self.learner.model.named_parameters():
+        if adam.step:  # never with learner_draw="step"; kept for a carried learner
+            for name, p in model.named_parameters():
                 optimizer.state[p] = {
                     "step": torch.tensor(float(adam.step)),
                     "exp_avg": adam.exp_avg[name].detach().clone(),
                     "exp_avg_sq": adam.exp_avg_sq[name].detach().clone(),
                 }
-        with higher.innerloop_ctx(self.learner, optimizer, copy_initial_weights=True) as (
+        with torch.no_grad():
+            batches = self._batch_probs(plain)
+        positions = self._alt_positions(plain, gen)
+        for t in range(plain):
+            optimizer.zero_grad(set_to_none=True)
+            inner_loss(model, batches[t % len(batches)], positions[t]).backward()
+            optimizer.step()
+        with higher.innerloop_ctx(self._reference, optimizer, copy_initial_weights=True) as (
             fmodel,
             diffopt,
         ):
-            batches = self._batch_probs(self.config.window)
-            for t in range(self.config.window):
-                probs = batches[t % len(batches)]
-                loss = fmodel(
-                    lambda m, probs=probs: summary_loss(
-                        m, probs, alt=self.config.alt, generator=gen
-                    )
-                )
-                diffopt.step(loss)
+            batches = self._batch_probs(cfg.window)
+            positions = self._alt_positions(cfg.window, gen)
+            for t in range(cfg.window):
+                probs, where = batches[t % len(batches)], positions[t]
+                diffopt.step(fmodel(lambda m, p=probs, w=where: inner_loss(m, p, w)))
             final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
-        return final, adam
+        return final, None
 
     def _outer_loss(self, params: Params, index: Tensor) -> tuple[Tensor, Tensor]:
         batch = self.train.select(index)
-        named = {f"model.{k}": v for k, v in params.items()}
-
-        def losses(m: SASRec) -> Tensor:
-            features = m.last_features(batch.history, batch.lengths)  # [B, H]
-            ce = F.cross_entropy(m.logits(features)[:, 1:], batch.targets - 1)
-            fsa = F.mse_loss(features, self.teacher_features[index])
-            return torch.stack([ce, fsa])
-
-        ce, fsa = functional_call(self.learner, named, (losses,))
+        model = self.learner(params)
+        features = model.last_features(batch.history, batch.lengths)  # [B, H]
+        ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
+        fsa = F.mse_loss(features, self.teacher_features[index])
         return ce, fsa
 
     def _end_epoch(self) -> None:
@@ -422,10 +469,10 @@ class Distiller:
         if self._carried is not None:
             params, adam = self._carried
             carried_step = adam.step
-            for name in params:
-                tensors[f"carry.param.{name}"] = params[name].cpu()
-                tensors[f"carry.avg.{name}"] = adam.exp_avg[name].cpu()
-                tensors[f"carry.avg_sq.{name}"] = adam.exp_avg_sq[name].cpu()
+            for name in params:  # cloned: views of one buffer may not be saved as they are
+                tensors[f"carry.param.{name}"] = params[name].cpu().clone()
+                tensors[f"carry.avg.{name}"] = adam.exp_avg[name].cpu().clone()
+                tensors[f"carry.avg_sq.{name}"] = adam.exp_avg_sq[name].cpu().clone()
         meta = {
             "format": STATE_FORMAT,
             "config": self.config.model_dump_json(),

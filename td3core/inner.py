@@ -6,12 +6,23 @@ summary, so both optimise exactly the same objective.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from td3core.models.sasrec import SASRec
+from td3core.optim import Layout, Params
 
 ALT_FIRST_POSITION = 5  # the authors' lower bound for the augmented target position
+
+
+def alt_positions(batch: int, length: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The augmented-learner-training target position of each sequence: [batch] on
+    the CPU, uniform in [5, length-2]."""
+    if length < ALT_FIRST_POSITION + 2:
+        raise ValueError(f"augmented learner training needs length >= {ALT_FIRST_POSITION + 2}")
+    return torch.randint(ALT_FIRST_POSITION, length - 1, (batch,), generator=generator)
 
 
 def summary_loss(
@@ -24,23 +35,73 @@ def summary_loss(
     Targets are not detached: the meta-gradient reaches S through them too.
     """
     batch, length, _ = probs.shape
-    features = model.sequence_features(probs=probs[:, :-1])  # [B, zeta-1, H]
-    loss = _kl(model.logits(features[:, -1]), probs[:, -1])
-    if not alt:
-        return loss
-    if length < ALT_FIRST_POSITION + 2:
-        raise ValueError(f"augmented learner training needs length >= {ALT_FIRST_POSITION + 2}")
-    # Predict S[:, p] from position p-1. The learner's attention is causal, so its
-    # output at p-1 never sees positions >= p: masking them (as the paper describes)
-    # is already implied and one forward pass serves both terms.
-    p = torch.randint(
-        ALT_FIRST_POSITION, length - 1, (batch,), generator=generator, device="cpu"
-    ).to(probs.device)
-    rows = torch.arange(batch, device=probs.device)
-    augmented = _kl(model.logits(features[rows, p - 1]), probs[rows, p])
-    return (loss + augmented) / 2
+    positions = alt_positions(batch, length, generator).to(probs.device) if alt else None
+    targets = _pick(probs, positions)[:, 1:]  # [B or 2B, n_items]
+    entropy = -torch.special.xlogy(targets, targets).sum() / len(targets)
+    return inner_loss(model, SoftSequences.of(probs), positions) - entropy
 
 
-def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Batch-mean KL(target || softmax(logits)) over real items (column 0 dropped)."""
-    return F.kl_div(F.log_softmax(logits[:, 1:], dim=-1), target[:, 1:], reduction="batchmean")
+@dataclass(frozen=True)
+class SoftSequences:
+    """A batch of soft sequences S, prepared once for many inner steps."""
+
+    probs: torch.Tensor  # [B, zeta, n_items+1]
+    inputs: torch.Tensor  # S[:, :-1], contiguous (a matmul would copy the slice every time)
+
+    @classmethod
+    def of(cls, probs: torch.Tensor) -> SoftSequences:
+        return cls(probs, probs[:, :-1].contiguous())
+
+
+def inner_loss(
+    model: SASRec, batch: SoftSequences, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`summary_loss` plus the targets' entropy (cross-entropy against the soft
+    targets): the entropy does not depend on the learner, so both have the same
+    gradient w.r.t. its parameters, hence the same inner steps and meta-gradient,
+    and this one costs fewer ops. positions: [B] ALT target positions, or None
+    without ALT.
+
+    The learner's attention is causal, so its output at p-1 never sees positions
+    >= p: masking them (as the paper describes) is already implied and one forward
+    pass serves both terms; one logits product and one softmax serve both too.
+    """
+    features = model.sequence_features(probs=batch.inputs)  # [B, zeta-1, H]
+    # Position p of S is predicted from position p-1 of the features.
+    logits = model.logits(_pick(features, None if positions is None else positions - 1))
+    # Mean over B (or 2B) rows = batch-mean of each term, averaged over the terms.
+    return F.cross_entropy(logits[:, 1:], _pick(batch.probs, positions)[:, 1:])
+
+
+def _pick(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """[B, L, D] -> the last position [B, D], followed by x[b, positions[b]] when
+    positions are given ([2B, D])."""
+    if positions is None:
+        return x[:, -1]
+    rows = torch.arange(len(x), device=x.device)
+    return torch.cat([x[:, -1], x[rows, positions]])
+
+
+class BoundLearner:
+    """A SASRec whose parameter slots hold given tensors (views of the inner loop's
+    flat buffer, or a differentiable optimiser's outputs) instead of its own
+    parameters.
+
+    The same substitution `torch.func.functional_call` makes, without its per-call
+    bookkeeping: the inner loop calls the learner thousands of times per outer step
+    and a small learner's step costs a few milliseconds."""
+
+    def __init__(self, model: SASRec):
+        self.model = model
+        self.layout = Layout.of(dict(model.named_parameters()))
+        self._slots = []
+        for name in self.layout.names:
+            path, _, attr = name.rpartition(".")
+            self._slots.append((model.get_submodule(path), attr))
+
+    def __call__(self, params: Params) -> SASRec:
+        """The model with `params` (name -> tensor, every parameter) in place."""
+        for (module, attr), name in zip(self._slots, self.layout.names, strict=True):
+            # Straight into the dict: nn.Module.__setattr__ accepts only Parameters.
+            module._parameters[attr] = params[name]  # type: ignore[assignment]
+        return self.model

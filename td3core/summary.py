@@ -31,6 +31,8 @@ _TENSORS = ("G", "U", "T", "V")
 
 
 class TuckerSummary(nn.Module):
+    V: torch.Tensor  # a buffer (declared for type checkers)
+
     def __init__(
         self,
         users: int,

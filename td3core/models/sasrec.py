@@ -8,6 +8,7 @@ plain tensor code so `torch.func.functional_call`, `vmap` and double backward wo
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -20,6 +21,15 @@ from td3core.config import ModelConfig
 # Added to masked attention scores. Finite on purpose: -inf on a row with nothing
 # to attend to gives NaN, which then ranks as a hit (REFERENCE.md §2, the NaN trap).
 MASK_VALUE = -10000.0
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Additive causal mask [1, 1, L, L] (0 or MASK_VALUE). Cached: the inner loop of
+    the distillation asks for the same one thousands of times."""
+    with torch.inference_mode(False):  # a normal tensor even if first asked for in one
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return torch.where(causal, 0.0, MASK_VALUE).to(dtype)[None, None]
 
 
 class SelfAttention(nn.Module):
@@ -162,24 +172,27 @@ class SASRec(nn.Module):
                     f"n_items + 1 = {self.n_items + 1}"
                 )
             emb = probs @ self.item_embedding.weight  # [B, L, n+1] @ [n+1, H] -> [B, L, H]
-        B, L, _ = emb.shape
+        L = emb.shape[1]
         if emb.shape[1] > self.max_len:
             raise ValueError(
                 f"input length {L} exceeds max_len {self.max_len} "
                 "(the model has no position embedding beyond it)"
             )
-        positions = torch.arange(L, device=emb.device)
-        x = self.dropout(self.norm(emb + self.position_embedding(positions)))
+        # Rows 0..L-1 of the table: the same values and gradient as looking up
+        # arange(L), in one view instead of an index and an embedding kernel.
+        x = self.dropout(self.norm(emb + self.position_embedding.weight[:L]))
 
-        if lengths is not None:
-            valid = positions < lengths.unsqueeze(-1)  # [B, L]
-        elif items is not None:
-            valid = items != 0
+        if lengths is None and items is None:  # soft input: every position is valid
+            mask = _causal_mask(L, emb.device, x.dtype)  # [1, 1, L, L]
         else:
-            valid = torch.ones(B, L, dtype=torch.bool, device=emb.device)
-        causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
-        allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
-        mask = torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
+            if lengths is not None:
+                valid = torch.arange(L, device=emb.device) < lengths.unsqueeze(-1)  # [B, L]
+            else:
+                assert items is not None
+                valid = items != 0
+            causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
+            allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
+            mask = torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
 
         for block in self.blocks:
             x = block(x, mask)
