@@ -72,6 +72,60 @@ def test_child_env_carries_every_setting(monkeypatch, tmp_path):
     assert Settings() == settings
 
 
+def test_broker_transport_options_follow_the_broker_url(tmp_path):
+    from api.broker import transport_options
+
+    embedded = Settings(home=tmp_path, broker_url="", polling_interval=0.5)
+    options = transport_options(embedded)
+    assert (
+        options["data_folder_in"]
+        == options["data_folder_out"]
+        == str(tmp_path / "broker" / "queue")
+    )
+    assert options["polling_interval"] == 0.5 and options["store_processed"] is False
+    redis = Settings(home=tmp_path, broker_url="redis://h:6379/0", visibility_timeout=3600)
+    assert transport_options(redis) == {"visibility_timeout": 3600}
+    assert transport_options(Settings(home=tmp_path, broker_url="amqp://h//")) == {}
+
+
+def test_the_worker_app_shares_the_api_broker_config(tmp_path):
+    from api.broker import DISTILL_TASK, celery_config
+    from worker.celery_app import make_celery
+    from worker.tasks import distill
+
+    settings = Settings(home=tmp_path, broker_url="redis://h:6379/3", gpu_queue="g1")
+    conf = make_celery(settings).conf
+    for key, value in celery_config(settings).items():
+        assert conf[key] == value, key
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert distill.name == DISTILL_TASK
+
+
+def test_the_producer_enqueues_by_task_name_on_the_gpu_queue(tmp_path):
+    """Embedded broker: the message lands in the folder the worker reads, addressed
+    to the distillation task on the GPU queue."""
+    import base64
+    import json
+
+    from api.broker import DISTILL_TASK, Broker
+
+    settings = Settings(home=tmp_path, gpu_queue="gpu-x")
+    broker = Broker(settings)
+    with pytest.raises(RuntimeError, match="broker folder"):
+        broker.ping()
+    settings.ensure_dirs()
+    broker.ping()
+    try:
+        broker.enqueue_distill("job_1")
+    finally:
+        broker.close()
+    (message,) = (tmp_path / "broker" / "queue").iterdir()
+    body = json.loads(message.read_text())
+    assert body["headers"]["task"] == DISTILL_TASK
+    assert body["properties"]["delivery_info"]["routing_key"] == "gpu-x"
+    assert json.loads(base64.b64decode(body["body"]))[0] == ["job_1"]
+
+
 def test_flat_config_maps_to_job_config():
     cfg = build_job_config(TINY_CONFIG)
     assert cfg.distill.users == 4 and cfg.distill.window == 2
