@@ -28,6 +28,9 @@ class JobStatus(StrEnum):
 
 _S = JobStatus
 
+# A job is created in this status (the one no transition leads to).
+INITIAL = _S.QUEUED
+
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # failed from queued: a delivery past the attempt limit (worker_lost)
     _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED, _S.FAILED}),

@@ -15,6 +15,7 @@ from api.errors import APIError
 from api.lifecycle import (
     ACTIVE,
     HELD_BY_RUNNER,
+    INITIAL,
     TERMINAL,
     TRANSITIONS,
     JobStatus,
@@ -92,8 +93,8 @@ def test_terminal_statuses_have_no_exits() -> None:
     assert set(JobStatus) - TERMINAL == ACTIVE and all(TRANSITIONS[s] for s in ACTIVE)
 
 
-def test_every_status_is_reachable_from_queued() -> None:
-    seen, frontier = {JobStatus.QUEUED}, [JobStatus.QUEUED]
+def test_every_status_is_reachable_from_the_initial_one() -> None:
+    seen, frontier = {INITIAL}, [INITIAL]
     while frontier:
         for nxt in TRANSITIONS[frontier.pop()] - seen:
             seen.add(nxt)
@@ -102,7 +103,7 @@ def test_every_status_is_reachable_from_queued() -> None:
 
 
 def test_nothing_leads_back_to_queued_and_only_running_repeats() -> None:
-    assert sources(JobStatus.QUEUED) == frozenset()
+    assert INITIAL == JobStatus.QUEUED and sources(INITIAL) == frozenset()
     assert [s for s in JobStatus if s in TRANSITIONS[s]] == [JobStatus.RUNNING]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.db import Database
 from api.errors import APIError, not_found
-from api.lifecycle import EventKind, JobStatus, record_event, transition
+from api.lifecycle import INITIAL, EventKind, JobStatus, record_event, transition
 from api.models import Artifact, Dataset, Job, JobEvent, Report, Tenant, new_id, utcnow
 from api.pagination import decode_id_cursor, encode_cursor, newest_first_page
 from api.services.tenancy import owned_or_404
@@ -65,7 +65,7 @@ def create(
         id=new_id("job"),
         tenant_id=tenant.id,
         dataset_id=dataset_id,
-        status=JobStatus.QUEUED,
+        status=INITIAL,
         config=config,
         attempts=0,
         cancel_requested=False,
@@ -84,8 +84,7 @@ def create(
             owned_or_404(session, Dataset, dataset_id, tenant, lock=True)
             session.add(job)
             session.flush()
-            # a job is born queued: the one status not reached by a transition
-            record_event(session, job.id, "status", {"status": JobStatus.QUEUED.value})
+            record_event(session, job.id, "status", {"status": INITIAL.value})
     except IntegrityError:
         # a concurrent request with the same key won the insert
         if idempotency_key is None:
