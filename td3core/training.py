@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from td3core.config import TrainConfig
 from td3core.data.samples import Samples, Split
 from td3core.evaluation import evaluate
+from td3core.models import OwnTrainingLoss, Recommender, recommender
 
 LossFn = Callable[[nn.Module, int], Tensor]
 StepHook = Callable[[int, nn.Module], None]
@@ -102,10 +103,18 @@ def fit(
     return result
 
 
-def next_item_loss(model: nn.Module, batch: Samples) -> Tensor:
+def next_item_loss(model: Recommender, batch: Samples) -> Tensor:
     """Full-softmax cross-entropy of the next item over items 1..n (padding dropped)."""
     logits = model.logits(model.last_features(batch.history, batch.lengths))  # [B, n+1]
     return F.cross_entropy(logits[:, 1:], batch.targets - 1)
+
+
+def sample_loss(model: nn.Module, batch: Samples, generator: torch.Generator) -> Tensor:
+    """The model's own objective when it defines one (BERT4Rec's cloze task, which
+    draws its masks from `generator`), else next-item cross-entropy."""
+    if isinstance(model, OwnTrainingLoss):
+        return model.training_loss(batch, generator)
+    return next_item_loss(recommender(model), batch)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -129,13 +138,15 @@ def train_on_samples(
     on_step: StepHook | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Next-item training on split.train; validation = uni100 MRR@10 on split.valid."""
+    """Training on split.train with the model's objective (`sample_loss`); validation
+    = uni100 MRR@10 on split.valid."""
     model.to(device)
     train = split.train.to(device)
-    batches = epoch_batches(len(train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = epoch_batches(len(train), cfg.batch_size, generator)
 
     def loss_fn(m: nn.Module, step: int) -> Tensor:
-        return next_item_loss(m, train.select(next(batches).to(device)))
+        return sample_loss(m, train.select(next(batches).to(device)), generator)
 
     def validate(m: nn.Module) -> float:
         metrics = evaluate(
