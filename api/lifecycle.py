@@ -32,7 +32,9 @@ _S = JobStatus
 INITIAL = _S.QUEUED
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    # failed from queued: a delivery past the attempt limit (worker_lost)
+    # queued -> failed: a delivery over the attempt limit fails the job from any active
+    # status but cancelling (which ends as cancelled); a queued job has made no attempt
+    # yet, so this guards against a broken count rather than a real path
     _S.QUEUED: frozenset({_S.RUNNING, _S.CANCELLED, _S.FAILED}),
     # running -> running: a redelivered job whose runner died is claimed again
     # (attempts, worker and pid change; the status does not, so no status event)
