@@ -10,11 +10,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from td3core.config import SAMPLERS
 from td3core.data.samples import Split
 from td3core.data.split import prefix_samples
 from td3core.errors import ConfigError
-
-SAMPLERS = ("random-users", "random-interactions", "longest")
 
 
 def training_sequences(split: Split) -> list[np.ndarray]:
@@ -22,31 +21,49 @@ def training_sequences(split: Split) -> list[np.ndarray]:
     return [seq[:-2] for seq in split.sequences]
 
 
+def _fill_budget(
+    train: list[np.ndarray], order: np.ndarray, length: int, budget: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Recent histories (<= `length` items) of users in `order` until `budget`
+    interactions are used; the last user keeps only its most recent remaining items.
+    Returned sorted by user id."""
+    chosen: dict[int, np.ndarray] = {}
+    left = budget
+    for user in order.tolist():
+        if left == 0:
+            break
+        take = min(length, len(train[user]), left)
+        if take:
+            chosen[user] = train[user][-take:]
+            left -= take
+    users = np.array(sorted(chosen), dtype=np.int64)
+    return users, [chosen[u] for u in users.tolist()]
+
+
 def sample_sequences(
     split: Split, method: str, *, users: int, length: int, seed: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(user ids, sequences) of a budget-sized real sample.
+    """(user ids, sequences) of a real sample of exactly `users` x `length`
+    interactions (all training interactions when there are fewer), sorted by user.
 
-    random-users: the last `length` training items of `users` random users (a much
-      stronger baseline than the paper's "Random");
-    random-interactions: users x length interactions drawn uniformly from all training
-      interactions, kept in each user's time order (the paper's "Random");
-    longest: the last `length` training items of the `users` longest users (paper's
-      "Longest")."""
+    random-users: the most recent <= `length` training items of random users until
+      the budget is used up (a much stronger baseline than the paper's "Random");
+    longest: likewise from the users with the longest training parts (the paper's
+      "Longest"; ties broken by user id);
+    random-interactions: interactions drawn uniformly from all training interactions,
+      kept in each user's time order (the paper's "Random").
+    The last user of random-users and longest keeps only its most recent items that
+    still fit, so every method spends the same budget."""
     train = training_sequences(split)
+    lengths = np.array([len(s) for s in train], dtype=np.int64)
+    budget = min(users * length, int(lengths.sum()))
     rng = np.random.default_rng(seed)
-    n_users = len(train)
     if method == "random-users":
-        chosen = np.sort(rng.choice(n_users, size=min(users, n_users), replace=False))
-        return chosen, [train[u][-length:] for u in chosen]
+        return _fill_budget(train, rng.permutation(len(train)), length, budget)
     if method == "longest":
-        order = np.argsort(-np.array([len(s) for s in train]), kind="stable")
-        chosen = np.sort(order[:users])
-        return chosen, [train[u][-length:] for u in chosen]
+        return _fill_budget(train, np.argsort(-lengths, kind="stable"), length, budget)
     if method == "random-interactions":
-        lengths = np.array([len(s) for s in train])
         offsets = np.concatenate(([0], np.cumsum(lengths)))
-        budget = min(users * length, int(offsets[-1]))
         picked = np.sort(rng.choice(int(offsets[-1]), size=budget, replace=False))
         owner = np.searchsorted(offsets, picked, side="right") - 1
         chosen = np.unique(owner)

@@ -1,0 +1,73 @@
+"""Budget samples spend exactly mu x zeta training interactions, never a user's
+validation or test item, and follow their seed."""
+
+import numpy as np
+import pytest
+from helpers_models import make_split, random_sequences
+
+from td3core.baselines import sample_sequences, sampled_split, training_sequences
+from td3core.config import SAMPLERS
+from td3core.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def split():
+    # 3..30 items per user: some shorter than zeta, some much longer
+    return make_split(random_sequences(60, 200, min_len=3, max_len=30, seed=2), 200, 8)
+
+
+def is_subsequence(seq: np.ndarray, of: np.ndarray) -> bool:
+    remaining = iter(of.tolist())
+    return all(item in remaining for item in seq.tolist())
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+@pytest.mark.parametrize(("users", "length"), [(5, 8), (7, 3), (13, 20), (500, 50)])
+def test_budget_is_spent_exactly_on_training_items(split, method, users, length):
+    train = training_sequences(split)
+    total = sum(len(s) for s in train)
+    chosen, seqs = sample_sequences(split, method, users=users, length=length, seed=0)
+    assert sum(len(s) for s in seqs) == min(users * length, total)
+    assert list(chosen) == sorted(set(chosen.tolist()))  # one entry per user, by id
+    short = 0
+    for user, seq in zip(chosen.tolist(), seqs, strict=True):
+        assert len(seq) >= 1
+        if method == "random-interactions":  # a time-ordered subsequence of training items
+            assert is_subsequence(seq, train[user])
+            continue
+        assert len(seq) <= length and np.array_equal(seq, train[user][-len(seq) :])
+        short += len(seq) < min(length, len(train[user]))
+    assert short <= 1  # only the user that hit the budget is cut short
+
+
+def test_longest_takes_the_longest_users(split):
+    train = training_sequences(split)
+    chosen, _ = sample_sequences(split, "longest", users=5, length=8, seed=0)
+    taken = {len(train[u]) for u in chosen.tolist()}
+    others = [len(s) for u, s in enumerate(train) if u not in set(chosen.tolist())]
+    assert min(taken) >= max(others)
+    assert np.array_equal(chosen, sample_sequences(split, "longest", users=5, length=8, seed=9)[0])
+
+
+@pytest.mark.parametrize("method", ["random-users", "random-interactions"])
+def test_sampling_follows_the_seed(split, method):
+    def draw(seed: int) -> np.ndarray:
+        chosen, seqs = sample_sequences(split, method, users=5, length=8, seed=seed)
+        return np.concatenate([chosen, *seqs])
+
+    assert np.array_equal(draw(1), draw(1))
+    assert not np.array_equal(draw(1), draw(2))
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_sampled_split_reports_its_interactions(split, method):
+    sub, interactions = sampled_split(split, method, users=5, length=8, seed=0)
+    _, seqs = sample_sequences(split, method, users=5, length=8, seed=0)
+    assert interactions == 40
+    assert len(sub.train) == sum(len(s) - 1 for s in seqs)  # every prefix with a target
+    assert sub.valid is split.valid and sub.test is split.test
+
+
+def test_unknown_method(split):
+    with pytest.raises(ConfigError, match="unknown sampling method"):
+        sample_sequences(split, "newest", users=1, length=1, seed=0)
