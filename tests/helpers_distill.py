@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data import PreprocessConfig, build_dataset, generate_interactions, leave_one_out
-from td3core.distill import Distiller
+from td3core.distill import Distiller, seed_for
 from td3core.evaluation import sample_negatives
+from td3core.inner import summary_loss
+from td3core.models.sasrec import SASRec
+from td3core.optim import AdamState, Params, adam_step
 from td3core.teacher import Teacher, train_teacher
 
 NO_DROPOUT = ModelConfig(hidden=8, inner=16, attn_dropout=0.0, hidden_dropout=0.0)
@@ -64,3 +69,65 @@ def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
     return Distiller(
         DistillConfig(**settings), split, teacher, model, select=lambda s: float(s.U.detach().sum())
     )
+
+
+class _Apply(torch.nn.Module):
+    def __init__(self, model: SASRec):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[SASRec], torch.Tensor]) -> torch.Tensor:
+        return fn(self.model)
+
+
+def reference_meta_loss(d: Distiller) -> torch.Tensor:
+    """The outer loss of `d`'s current step through the straightforward engine the
+    fast one replaced: `torch.func.functional_call`, one Adam update per parameter
+    tensor, the KL inner loss with ALT positions drawn step by step. Same random
+    draws as `Distiller.meta_loss` (dropout included), so the two must agree."""
+    cfg, s = d.config, d.step
+    epoch, index = divmod(s, d.steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, s))
+    real = d._real_batch(epoch, index)
+    params, adam = d._initial_learner(epoch, index, gen)
+    plain = int(torch.randint(0, cfg.inner_steps - cfg.window + 1, (1,), generator=gen))
+    learner = _Apply(SASRec.from_config(d.split.n_items, d.split.max_len, d.model_config))
+    learner.train()
+
+    def run(params: Params, fn: Callable[[SASRec], torch.Tensor]) -> torch.Tensor:
+        return functional_call(learner, {f"model.{k}": v for k, v in params.items()}, (fn,))
+
+    def steps(params: Params, adam: AdamState, count: int, differentiable: bool):
+        with torch.set_grad_enabled(differentiable):
+            batches = [d.summary.probs(users) for users in d.synthetic_batches]
+        for t in range(count):
+            if not differentiable:
+                params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            probs = batches[t % len(batches)]
+            loss = run(params, lambda m, p=probs: summary_loss(m, p, alt=cfg.alt, generator=gen))
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
+            with torch.set_grad_enabled(differentiable):
+                params, adam = adam_step(
+                    params,
+                    dict(zip(params, grads, strict=True)),
+                    adam,
+                    lr=cfg.inner_lr,
+                    eps=cfg.inner_eps,
+                    weight_decay=cfg.inner_weight_decay,
+                )
+        return params, adam
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, 2, s))
+        params, adam = steps(params, adam, plain, differentiable=False)
+        params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        params, _ = steps(params, adam.detached(), cfg.window, differentiable=True)
+        batch = d.train.select(real)
+
+        def outer(m: SASRec) -> torch.Tensor:
+            features = m.last_features(batch.history, batch.lengths)
+            ce = F.cross_entropy(m.logits(features)[:, 1:], batch.targets - 1)
+            return torch.stack([ce, F.mse_loss(features, d.teacher_features[real])])
+
+        ce, fsa = run(params, outer)
+    return ce + cfg.fsa_weight * fsa if cfg.fsa else ce

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from td3core.optim import AdamState, adam_step
+from td3core.optim import AdamState, Layout, adam_step, adam_update
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -44,3 +44,28 @@ def test_adam_step_does_not_modify_its_inputs():
     adam_step(params, {"w": torch.ones(3)}, state, lr=0.1)
     assert torch.equal(params["w"], torch.ones(3))
     assert state.step == 0 and torch.equal(state.exp_avg["w"], torch.zeros(3))
+
+
+def test_one_flat_update_equals_per_tensor_updates():
+    torch.manual_seed(0)
+    params = {"a": torch.randn(2, 3), "b": torch.randn(4)}
+    grads = {k: torch.randn_like(v) for k, v in params.items()}
+    state = AdamState(3, {k: torch.rand_like(v) for k, v in params.items()}, {})
+    state.exp_avg_sq.update({k: torch.rand_like(v) for k, v in params.items()})
+    settings = dict(lr=0.1, eps=1e-8, weight_decay=0.01)
+    expected, expected_state = adam_step(params, grads, state, **settings)
+    layout = Layout.of(params)
+    flat = adam_update(
+        layout.flatten(params),
+        layout.flatten(grads),
+        *layout.flatten_state(state),
+        step=4,
+        **settings,
+    )
+    for got, want in zip(
+        flat,
+        (expected, expected_state.exp_avg, expected_state.exp_avg_sq),
+        strict=True,
+    ):
+        for name, value in layout.views(got).items():
+            assert torch.equal(value, want[name])
