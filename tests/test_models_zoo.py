@@ -93,6 +93,29 @@ def test_padding_never_reaches_the_scores(name):
     assert torch.allclose(m.score_all(items, lengths), m.score_all(noisy, lengths), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "narm"])
+def test_causal_learners_never_see_the_future(name):
+    # what training on a summary relies on: position t predicts t+1 without seeing it
+    m = model(name).eval()
+    probs = torch.softmax(torch.randn(2, MAX_LEN, N_ITEMS + 1), -1)
+    changed = probs.clone()
+    changed[:, 5:] = torch.softmax(torch.randn(2, MAX_LEN - 5, N_ITEMS + 1), -1)
+    a, b = m.sequence_features(probs=probs), m.sequence_features(probs=changed)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-5) and not torch.allclose(a, b)
+
+
+def test_bert4rec_full_history_drops_its_oldest_item():
+    m = model("bert4rec").eval()
+    items, lengths = batch()  # row 0 is full (MAX_LEN items)
+    shorter = torch.zeros_like(items[:1])
+    shorter[0, : MAX_LEN - 1] = items[0, 1:]
+    assert torch.allclose(
+        m.score_all(items[:1], lengths[:1]),
+        m.score_all(shorter, torch.tensor([MAX_LEN - 1])),
+        atol=1e-5,
+    )
+
+
 def test_narm_position_t_is_narm_on_the_prefix():
     m = model("narm").eval()
     items, lengths = batch()
