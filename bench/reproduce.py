@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # trains that run again.
     reuse: Reusable = {}
     if not args.full_from_scratch:
-        reuse[("full", job.teacher.seed, job.teacher.lr)] = (teacher.model, teacher.fit)
+        reuse[("full", "sasrec", job.teacher.seed, job.teacher.lr)] = (teacher.model, teacher.fit)
     full_seeds = [job.teacher.seed + i for i in range(args.sample_seeds)]
     if "full" not in skip:
         phases.start(f"full data, seeds {full_seeds}")

@@ -19,7 +19,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from td3core.config import EVALUATIONS, SAMPLERS, DistillConfig, JobConfig
+from td3core.config import (
+    EVALUATIONS,
+    LEARNER_NAMES,
+    OBJECTIVES,
+    SAMPLERS,
+    DistillConfig,
+    JobConfig,
+)
 from td3core.data import FORMATS as READER_FORMATS
 from td3core.errors import DataError, TD3Error
 
@@ -63,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _data_options(e, preprocessing=False)
     e.add_argument("--summary", required=True, help="a td3-summary/1 .safetensors file")
     e.add_argument("--eval-seeds", type=int, help="learners to train (default: the job's)")
+    e.add_argument("--learner", choices=LEARNER_NAMES, default="sasrec", help=_LEARNER_HELP)
+    e.add_argument(
+        "--objective", choices=OBJECTIVES, default="inner", help="how to train on the summary"
+    )
     e.add_argument("--force", action="store_true", help="evaluate even if DATA's sha256 differs")
     e.add_argument(
         "--paper-compatible",
@@ -81,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seeds", type=int, default=1, help="sampling and training seeds 0..N-1")
     b.add_argument("--steps", type=int, help="step cap of the training recipe")
     b.add_argument("--search-lrs", type=_floats, help=_SEARCH_HELP)
+    b.add_argument("--learner", choices=LEARNER_NAMES, default="sasrec", help=_LEARNER_HELP)
     b.set_defaults(func=_guarded(_baseline))
 
 
@@ -118,6 +130,17 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
     p.add_argument("--search-lrs", type=_floats, help=_SEARCH_HELP)
+    p.add_argument(
+        "--learners",
+        type=_names(LEARNER_NAMES, "learner"),
+        help=f"comma-separated learners evaluated on every row, among {', '.join(LEARNER_NAMES)} "
+        "(default sasrec)",
+    )
+    p.add_argument(
+        "--summary-objectives",
+        type=_names(OBJECTIVES, "objective"),
+        help=f"how learners train on the summary, among {', '.join(OBJECTIVES)} (default inner)",
+    )
 
 
 def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
@@ -148,6 +171,11 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             "distill": distill,
             "teacher": _given(max_steps=args.teacher_steps),
             "learner": _given(max_steps=args.learner_steps, lr=args.learner_lr),
+            **_given(
+                search_lrs=args.search_lrs,
+                learners=args.learners,
+                summary_objectives=args.summary_objectives,
+            ),
             **job,
         }
     )
@@ -158,6 +186,25 @@ _SEARCH_HELP = (
     "comma-separated learning rates every evaluated row is trained with; each row keeps "
     f"the best on validation (default {_DEFAULT_LRS})"
 )
+
+
+_LEARNER_HELP = "the model trained (the distillation's SASRec, or one of RecBole's defaults)"
+
+
+def _names(allowed: tuple[str, ...], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names among `allowed`."""
+
+    def parse(value: str) -> list[str]:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what}(s) {', '.join(unknown) or value!r}; "
+                f"choose from {', '.join(allowed)}"
+            )
+        return names
+
+    return parse
 
 
 def _floats(value: str) -> list[float]:
@@ -189,15 +236,9 @@ def _data_options(p: argparse.ArgumentParser, *, preprocessing: bool = True) -> 
 
 
 def _evaluations(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if names == ["none"]:
+    if value.strip() == "none":
         return []
-    unknown = [n for n in names if n not in EVALUATIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown evaluation(s) {', '.join(unknown)}; choose from {', '.join(EVALUATIONS)}"
-        )
-    return names
+    return _names(EVALUATIONS, "evaluation")(value)
 
 
 def _guarded(command: Command) -> Command:
@@ -379,6 +420,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         seeds=seeds,
         lrs=job.search_lrs,
         alt=job.distill.alt,
+        learner=args.learner,
+        objectives=[args.objective],
         teacher_item_embeddings=summary.V.clone() if leaky else None,
         on_run=run_progress(hooks, len(seeds)),
     )
@@ -416,6 +459,7 @@ def _baseline(args: argparse.Namespace) -> int:
         seeds=seeds,
         lrs=config.search_lrs,
         alt=False,
+        learner=args.learner,
         on_run=run_progress(hooks, len(seeds)),
     )
     hooks.close()

@@ -16,6 +16,14 @@ SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 # The data sources an evaluation table compares: the summary, all real data, samplers.
 EvaluationName = Literal["summary", "full", SamplerName]
 EVALUATIONS: tuple[str, ...] = ("summary", "full", *SAMPLERS)
+# The learner zoo (td3core.models.LEARNERS): the distillation's SASRec and RecBole's
+# defaults of SASRec, GRU4Rec, NARM and BERT4Rec, each trained from scratch.
+LearnerName = Literal["sasrec", "sasrec-2x64", "gru4rec", "narm", "bert4rec"]
+LEARNER_NAMES: tuple[str, ...] = get_args(LearnerName)
+# How a learner trains on a summary: the distillation's inner loss (last position +
+# ALT) or KL at every position (td3core.learner).
+Objective = Literal["inner", "kl-all"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 # Augmented learner training predicts a position p in [5, zeta-2] from p-1: it needs
 # zeta >= 7 (the authors' code crashes below that).
 ALT_FIRST_POSITION = 5
@@ -160,6 +168,20 @@ class JobConfig(_Settings):
     negatives_seed: int = Field(0, ge=0, le=MAX_SEED)
     paper_compatible: bool = Field(
         False, description="also report learners started from the teacher's item embeddings (leaky)"
+    )
+    learners: list[LearnerName] = Field(
+        ["sasrec"],
+        min_length=1,
+        max_length=len(LEARNER_NAMES),
+        description="learners trained on every evaluated row (summary and real data alike); "
+        "the report's `evaluation` is the first one's table, `evaluation_by_learner` has all",
+    )
+    summary_objectives: list[Objective] = Field(
+        ["inner"],
+        min_length=1,
+        max_length=len(OBJECTIVES),
+        description="how learners train on the summary: 'inner' (the distillation's inner "
+        "loss, row 'summary') and/or 'kl-all' (KL at every position, row 'summary (kl-all)')",
     )
     search_lrs: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         [0.001, 0.005],

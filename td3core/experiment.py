@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from td3core.baselines import sampled_split
-from td3core.config import DistillConfig, JobConfig, ModelConfig, TrainConfig
+from td3core.config import DistillConfig, JobConfig, ModelConfig, Objective, TrainConfig
 from td3core.data.samples import Split
 from td3core.data.split import leave_one_out
 from td3core.data.types import SequenceDataset
 from td3core.distill import Distiller, train_config_for_selection
 from td3core.evaluation import evaluate, sample_negatives
-from td3core.learner import train_on_summary
-from td3core.models.sasrec import SASRec
+from td3core.learner import fresh_learner, train_on_summary
 from td3core.summary import TuckerSummary
 from td3core.teacher import Teacher
 from td3core.training import FitResult, train_on_samples
+
+Trained = tuple[nn.Module, FitResult]
 
 
 @dataclass
@@ -85,9 +86,9 @@ class Experiment:
         recipe = self.summary_recipe.model_copy(update={"seed": seed, "lr": lr})
         return recipe.sized_for(summary.users)
 
-    def train_real(self, split: Split, *, seed: int, lr: float) -> tuple[SASRec, FitResult]:
-        torch.manual_seed(seed)
-        model = SASRec.from_config(self.split.n_items, self.split.max_len, self.model)
+    def train_real(self, split: Split, *, seed: int, lr: float, learner: str = "sasrec") -> Trained:
+        torch.manual_seed(seed)  # the learner's initialisation
+        model = fresh_learner(learner, self.split.n_items, self.split.max_len, self.model)
         recipe = self.real_recipe_for(split, seed=seed, lr=lr)
         return model, train_on_samples(
             model, split, self.negatives_valid, recipe, device=self.device
@@ -100,8 +101,10 @@ class Experiment:
         seed: int,
         lr: float,
         alt: bool,
+        learner: str = "sasrec",
+        objective: Objective = "inner",
         item_embeddings: Tensor | None = None,
-    ) -> tuple[SASRec, FitResult]:
+    ) -> Trained:
         return train_on_summary(
             summary,
             self.split,
@@ -111,6 +114,8 @@ class Experiment:
             alt=alt,
             item_embeddings=item_embeddings,
             device=self.device,
+            learner=learner,
+            objective=objective,
         )
 
     def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
@@ -136,10 +141,17 @@ class Experiment:
 
 
 RunHook = Callable[[str, int], None]
-Trained = tuple[nn.Module, FitResult]
 # A finished training run that evaluation may reuse instead of repeating it, keyed by
-# (data source, seed, lr): the teacher is exactly the full-data run at its own seed and lr.
-Reusable = dict[tuple[str, int, float], Trained]
+# (data source, learner, seed, lr): the teacher is exactly the full-data SASRec run at
+# its own seed and lr.
+Reusable = dict[tuple[str, str, int, float], Trained]
+
+
+def summary_row(objective: Objective, *, paper_compatible: bool = False) -> str:
+    """Row names of a summary's learners: "summary" for the inner objective (the
+    distillation's own), "summary (kl-all)" for the other; leaky ones say so."""
+    name = "summary" if objective == "inner" else f"summary ({objective})"
+    return f"{name} (paper-compatible)" if paper_compatible else name
 
 
 def run_record(model: nn.Module, fit: FitResult, experiment: Experiment, interactions: int) -> dict:
@@ -178,17 +190,20 @@ def evaluation_rows(
     seeds: list[int],
     lrs: list[float],
     alt: bool,
+    learner: str = "sasrec",
+    objectives: Sequence[Objective] = ("inner",),
     teacher_item_embeddings: Tensor | None = None,
     reuse: Reusable | None = None,
     on_run: RunHook | None = None,
 ) -> dict[str, list[dict]]:
-    """Runs per data source: {"summary": [run, ...], "full": [...], ...}. Every run
-    is the best of the same learning-rate search `lrs` on validation, so no row wins
-    by being the only one tuned.
+    """Runs of `learner` per data source: {"summary": [run, ...], "full": [...], ...}.
+    Every run is the best of the same learning-rate search `lrs` on validation, so no
+    row wins by being the only one tuned. A summary gets one row per objective
+    (`summary_row`).
 
-    With `teacher_item_embeddings`, a row "summary (paper-compatible)" is added: learners
-    that start from the item table learned on the full data (the authors' evaluation;
-    it leaks the full data into the learner)."""
+    With `teacher_item_embeddings`, "(paper-compatible)" rows are added for a learner
+    whose item table has the teacher's shape: learners that start from the item table
+    learned on the full data (the authors' evaluation; it leaks the full data)."""
     runs: dict[str, list[dict]] = {}
     budget = users * length
     reuse = reuse or {}
@@ -198,6 +213,7 @@ def evaluation_rows(
         record = run_record(model, fit, experiment, interactions)
         runs.setdefault(row, []).append(record | chosen)
 
+    leaky = teacher_item_embeddings is not None and learner == "sasrec"
     for name in names:
         for seed in seeds:
             if on_run is not None:
@@ -205,26 +221,23 @@ def evaluation_rows(
             if name == "summary":
                 if summary is None:
                     continue
-                add(
-                    name,
-                    lambda lr, s=seed: experiment.train_summary(summary, seed=s, lr=lr, alt=alt),
-                    budget,
-                )
-                if teacher_item_embeddings is not None:
-                    add(
-                        "summary (paper-compatible)",
-                        lambda lr, s=seed: experiment.train_summary(
-                            summary, seed=s, lr=lr, alt=alt, item_embeddings=teacher_item_embeddings
-                        ),
-                        budget,
-                    )
+                for objective in objectives:
+                    for start in (None, teacher_item_embeddings) if leaky else (None,):
+                        add(
+                            summary_row(objective, paper_compatible=start is not None),
+                            lambda lr, s=seed, o=objective, e=start: experiment.train_summary(
+                                summary, seed=s, lr=lr, alt=alt, learner=learner,
+                                objective=o, item_embeddings=e,
+                            ),
+                            budget,
+                        )  # fmt: skip
             elif name == "full":
                 interactions = int(sum(len(s) - 2 for s in experiment.split.sequences))
                 add(
                     name,
                     lambda lr, s=seed: (
-                        reuse.get(("full", s, lr))
-                        or experiment.train_real(experiment.split, seed=s, lr=lr)
+                        reuse.get(("full", learner, s, lr))
+                        or experiment.train_real(experiment.split, seed=s, lr=lr, learner=learner)
                     ),
                     interactions,
                 )
@@ -234,7 +247,9 @@ def evaluation_rows(
                 )
                 add(
                     name,
-                    lambda lr, s=seed, d=sample: experiment.train_real(d, seed=s, lr=lr),
+                    lambda lr, s=seed, d=sample: experiment.train_real(
+                        d, seed=s, lr=lr, learner=learner
+                    ),
                     interactions,
                 )
     return runs

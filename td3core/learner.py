@@ -29,19 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from td3core.config import ALT_FIRST_POSITION, ALT_MIN_LENGTH, ModelConfig, TrainConfig
+from td3core.config import (
+    ALT_FIRST_POSITION,
+    ALT_MIN_LENGTH,
+    OBJECTIVES,
+    ModelConfig,
+    Objective,
+    TrainConfig,
+)
 from td3core.data.samples import Split
 from td3core.errors import ConfigError
-from td3core.evaluation import evaluate
 from td3core.inner import summary_loss
 from td3core.models import BERT4Rec, Learner, Recommender, build_model, recommender
 from td3core.models.bert4rec import cloze_mask
 from td3core.models.sasrec import SASRec
 from td3core.summary import TuckerSummary
-from td3core.training import FitResult, epoch_batches, fit
-
-Objective = Literal["inner", "kl-all"]
-OBJECTIVES: tuple[Objective, ...] = ("inner", "kl-all")
+from td3core.training import FitResult, epoch_batches, fit, validation_mrr10
 
 
 def soft_kl(logits: Tensor, target: Tensor) -> Tensor:
@@ -105,8 +108,8 @@ def fresh_learner(
     n_items: int,
     max_len: int,
     model_config: ModelConfig,
-    size: Mapping[str, Any] | None,
-    item_embeddings: Tensor | None,
+    size: Mapping[str, Any] | None = None,
+    item_embeddings: Tensor | None = None,
 ) -> Learner:
     """A freshly initialised learner; "sasrec" takes its size from `model_config`."""
     base = model_config.model_dump() if name == "sasrec" else {}
@@ -193,11 +196,6 @@ def train_on_summary(
             probs = summary.probs(next(batches).to(device))
         return soft_loss(m, probs, objective, alt=alt, generator=generator)
 
-    def validate(m: nn.Module) -> float:
-        metrics = evaluate(
-            m, split.valid, split, negatives_valid, full_ranking=False, ks=(10,), device=device
-        )
-        return metrics["uni100"]["MRR@10"]
-
+    validate = validation_mrr10(split, negatives_valid, device)
     result = fit(model, loss_fn, validate, train_config)
     return model, result

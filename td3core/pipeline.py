@@ -19,7 +19,7 @@ from td3core.config import JobConfig
 from td3core.data.types import SequenceDataset
 from td3core.distill import DistillProgress
 from td3core.errors import Cancelled, DataError
-from td3core.experiment import Experiment, evaluation_rows, evaluation_table
+from td3core.experiment import Experiment, Reusable, evaluation_rows, evaluation_table
 from td3core.report import build_report
 from td3core.serialization import read_metadata
 from td3core.summary import summary_to_bytes
@@ -97,38 +97,37 @@ def run_job(
     clock = time.perf_counter()
     seeds = [config.learner.seed + i for i in range(config.eval_seeds)]
     done = {"runs": 0}
-    total_runs = len(config.evaluations) * len(seeds)
+    total_runs = len(config.learners) * len(config.evaluations) * len(seeds)
+    tables: dict[str, dict[str, dict]] = {}
+    # the teacher is the full-data SASRec run at its own seed and lr: not trained twice
+    reuse: Reusable = {
+        ("full", "sasrec", config.teacher.seed, config.teacher.lr): (teacher.model, teacher.fit)
+    }
+    for learner in config.learners:
 
-    def on_run(name: str, seed: int) -> None:
-        if hooks.should_cancel():
-            raise Cancelled("evaluation cancelled")
-        done["runs"] += 1
-        hooks.on_progress(
-            Progress(
-                "evaluate",
-                0,
-                done["runs"],
-                total_runs,
-                {},
-                None,
-                f"training on {name} (seed {seed})",
-            )
+        def on_run(name: str, seed: int, learner: str = learner) -> None:
+            if hooks.should_cancel():
+                raise Cancelled("evaluation cancelled")
+            done["runs"] += 1
+            message = f"training {learner} on {name} (seed {seed})"
+            hooks.on_progress(Progress("evaluate", 0, done["runs"], total_runs, {}, None, message))
+
+        runs = evaluation_rows(
+            experiment,
+            list(config.evaluations),
+            summary=result.summary,
+            users=distill_cfg.users,
+            length=distill_cfg.length,
+            seeds=seeds,
+            lrs=config.search_lrs,
+            alt=distill_cfg.alt,
+            learner=learner,
+            objectives=config.summary_objectives,
+            teacher_item_embeddings=teacher.item_embeddings if config.paper_compatible else None,
+            reuse=reuse,
+            on_run=on_run,
         )
-
-    runs = evaluation_rows(
-        experiment,
-        list(config.evaluations),
-        summary=result.summary,
-        users=distill_cfg.users,
-        length=distill_cfg.length,
-        seeds=seeds,
-        lrs=config.search_lrs,
-        alt=distill_cfg.alt,
-        teacher_item_embeddings=teacher.item_embeddings if config.paper_compatible else None,
-        # the teacher is the full-data run at its own seed and lr: not trained twice
-        reuse={("full", config.teacher.seed, config.teacher.lr): (teacher.model, teacher.fit)},
-        on_run=on_run,
-    )
+        tables[learner] = evaluation_table(runs)
     timings["evaluate_seconds"] = time.perf_counter() - clock
 
     summary_bytes = summary_to_bytes(
@@ -143,7 +142,7 @@ def run_job(
         split=split,
         teacher=teacher,
         distillation=result,
-        evaluation=evaluation_table(runs),
+        evaluation_by_learner=tables,
         timings=timings,
         device=device,
     )

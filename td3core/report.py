@@ -35,7 +35,7 @@ def build_report(
     split: Split,
     teacher: Teacher,
     distillation: DistillResult,
-    evaluation: dict[str, dict],
+    evaluation_by_learner: dict[str, dict[str, dict]],
     timings: dict[str, float],
     device: str,
 ) -> dict[str, Any]:
@@ -64,7 +64,10 @@ def build_report(
             "best_valid_mrr10": distillation.best_valid_mrr10,
             "curves": distillation.curves,
         },
-        "evaluation": evaluation,
+        # the first learner's table (the distillation's own by default), as in earlier
+        # reports; every evaluated learner's table beside it
+        "evaluation": next(iter(evaluation_by_learner.values())),
+        "evaluation_by_learner": evaluation_by_learner,
         "protocol": PROTOCOL,
         "timings": timings,
         "peak_memory_mb": peak_memory_mb(device),

@@ -148,10 +148,20 @@ def train_on_samples(
     def loss_fn(m: nn.Module, step: int) -> Tensor:
         return sample_loss(m, train.select(next(batches).to(device)), generator)
 
-    def validate(m: nn.Module) -> float:
+    validate = validation_mrr10(split, negatives_valid, device)
+    return fit(model, loss_fn, validate, cfg, on_step=on_step, should_stop=should_stop)
+
+
+def validation_mrr10(
+    split: Split, negatives_valid: Tensor, device: torch.device | str
+) -> Callable[[nn.Module], float]:
+    """The metric every training run is early-stopped and chosen on: uni100 MRR@10 on
+    the validation samples, with the shared negatives (the test split is never seen)."""
+
+    def validate(model: nn.Module) -> float:
         metrics = evaluate(
-            m, split.valid, split, negatives_valid, full_ranking=False, ks=(10,), device=device
+            model, split.valid, split, negatives_valid, full_ranking=False, ks=(10,), device=device
         )
         return metrics["uni100"]["MRR@10"]
 
-    return fit(model, loss_fn, validate, cfg, on_step=on_step, should_stop=should_stop)
+    return validate

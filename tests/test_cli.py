@@ -117,6 +117,37 @@ def test_baseline_methods(data, method, capsys):
     assert row["interactions"] > 0
 
 
+def test_evaluate_and_baseline_train_any_learner_of_the_zoo(data, distilled, capsys):
+    out, report = distilled
+    capsys.readouterr()
+    flags = words("--learner gru4rec --objective kl-all --device cpu --quiet")
+    assert main(["evaluate", str(data), "--summary", str(out), *flags]) == 0
+    table = _json(capsys)
+    # the paper-compatible variant needs the teacher's table shape: not for GRU4Rec
+    assert set(table) == {"summary (kl-all)"}
+    assert table["summary (kl-all)"]["runs"] == 2
+    assert table["summary (kl-all)"]["uni100"] != report["evaluation"]["summary"]["uni100"]
+    flags = words("--method longest --users 4 --length 8 --steps 20 --learner narm --quiet")
+    assert main(["baseline", str(data), *flags, "--device", "cpu"]) == 0
+    assert _json(capsys)["longest"]["interactions"] == 32
+
+
+def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
+    out, report = tmp_path / "s.safetensors", tmp_path / "r.json"
+    flags = words(
+        "--eval summary,full --learners sasrec,bert4rec --summary-objectives inner,kl-all"
+    )
+    code = main(["distill", str(data), *TINY, *flags, "--out", str(out), "--report", str(report)])
+    assert code == 0
+    document = json.loads(report.read_text())
+    tables = document["evaluation_by_learner"]
+    assert set(tables) == {"sasrec", "bert4rec"}
+    assert document["evaluation"] == tables["sasrec"]
+    for table in tables.values():
+        assert set(table) == {"summary", "summary (kl-all)", "full"}
+        assert all(len(row["lr"]) == row["runs"] for row in table.values())
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
@@ -159,6 +190,10 @@ def test_argparse_rejects_bad_choices(data, capsys):
         main(["distill", str(data), *TINY, "--eval", "summary,oracle", "--out", "x"])
     assert exit_info.value.code == 2
     assert "oracle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", str(data), *TINY, "--learners", "sasrec,caser", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "caser" in capsys.readouterr().err
 
 
 def test_console_script_subprocess(data, tmp_path):

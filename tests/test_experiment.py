@@ -76,6 +76,6 @@ def test_a_reused_run_is_not_trained_again(experiment: Experiment) -> None:
     reused = FitResult(best_metric=99.0, best_step=fit.best_step, steps=fit.steps)
     runs = evaluation_rows(
         experiment, ["full"], summary=None, users=4, length=8, seeds=[0], lrs=[0.001],
-        alt=False, reuse={("full", 0, 0.001): (model, reused)},
+        alt=False, reuse={("full", "sasrec", 0, 0.001): (model, reused)},
     )  # fmt: skip
     assert runs["full"][0]["valid_mrr10"] == 99.0  # the reused record, not a new run

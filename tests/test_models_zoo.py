@@ -10,7 +10,7 @@ from helpers_distill import tiny_split
 from helpers_models import chain_sequences, make_split, random_sequences
 from torch.func import functional_call
 
-from td3core.config import ModelConfig, TrainConfig
+from td3core.config import LEARNER_NAMES, ModelConfig, TrainConfig
 from td3core.errors import ConfigError
 from td3core.evaluation import evaluate, sample_negatives
 from td3core.learner import soft_loss, train_on_summary
@@ -281,3 +281,7 @@ def test_train_on_summary_item_embeddings(summary):
             tucker, split, negatives, ModelConfig(), cfg, learner="narm", item_embeddings=table
         )
     assert isinstance(build_model("narm", 3, 4), NARM)
+
+
+def test_the_registry_holds_exactly_the_learners_the_settings_accept() -> None:
+    assert set(LEARNERS) == set(LEARNER_NAMES)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from td3core.config import LearnerName
 from td3core.data.samples import Samples
 from td3core.errors import ConfigError
 from td3core.models.bert4rec import BERT4Rec
@@ -70,7 +71,8 @@ class LearnerSpec:
     note: str = ""
 
 
-LEARNERS: dict[str, LearnerSpec] = {
+# Keyed by the names td3core.config accepts (tests/test_models_zoo.py checks they agree).
+LEARNERS: dict[LearnerName, LearnerSpec] = {
     "sasrec": LearnerSpec(SASRec, note="the distillation's SASRec (ModelConfig)"),
     "sasrec-2x64": LearnerSpec(
         SASRec,
@@ -89,7 +91,7 @@ def build_model(name: str, n_items: int, max_len: int, **size: Any) -> Learner:
     reproducible initialisation."""
     if name not in LEARNERS:
         raise ConfigError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
-    spec = LEARNERS[name]
+    spec = LEARNERS[cast(LearnerName, name)]
     settings = {**spec.size, **size}
     known = set(inspect.signature(spec.cls).parameters) - {"n_items", "max_len"}
     if unknown := sorted(set(settings) - known):
