@@ -333,28 +333,9 @@ class Distiller:
         layout = self.learner.layout
         theta = layout.flatten(params).detach()  # [P], a copy this loop owns
         exp_avg, exp_avg_sq = (t.detach() for t in layout.flatten_state(adam))
-        step = adam.step
         if plain:
-            # A regular training loop on a model whose parameters are views of theta:
-            # backward accumulates into views of one flat gradient and Adam rewrites
-            # theta in place, so a step builds no graph beyond the loss's own.
-            grad = torch.zeros_like(theta)
-            leaves, grads = layout.views(theta), layout.views(grad)
-            for name, leaf in leaves.items():
-                leaf.requires_grad_(True)
-                leaf.grad = grads[name]
-            model = self.learner(leaves)
-            with torch.no_grad():
-                batches = self._batch_probs(plain)
-            positions = self._alt_positions(plain, gen)
-            for t in range(plain):
-                grad.zero_()
-                inner_loss(model, batches[t % len(batches)], positions[t]).backward()
-                step += 1
-                with torch.no_grad():
-                    new, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
-                    theta.copy_(new)
-            theta = theta.detach()  # drop the views' bookkeeping
+            self._plain_steps(theta, exp_avg, exp_avg_sq, adam.step, plain, gen)
+        step = adam.step + plain
         # The window: every step a function of the previous one, graph kept.
         theta = theta.requires_grad_(True)  # a leaf: the window starts detached
         batches = self._batch_probs(self.config.window)
@@ -367,6 +348,49 @@ class Distiller:
             step += 1
             theta, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
         return layout.views(theta), AdamState(step, layout.views(exp_avg), layout.views(exp_avg_sq))
+
+    def _plain_steps(
+        self,
+        theta: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        step: int,
+        count: int,
+        gen: torch.Generator,
+    ) -> None:
+        """`count` ordinary steps, updating the flat buffers in place.
+
+        A regular training loop on a model whose parameters are views of theta:
+        backward accumulates into views of one flat gradient and torch's fused Adam
+        (the same update as `adam_update`, to rounding) rewrites theta and the
+        moments in one kernel, so a step builds no graph beyond the loss's own."""
+        cfg = self.config
+        theta.grad = torch.zeros_like(theta)
+        leaves, grads = self.learner.layout.views(theta), self.learner.layout.views(theta.grad)
+        for name, leaf in leaves.items():
+            leaf.requires_grad_(True)
+            leaf.grad = grads[name]
+        model = self.learner(leaves)
+        optimizer = torch.optim.Adam(
+            [theta],
+            lr=cfg.inner_lr,
+            eps=cfg.inner_eps,
+            weight_decay=cfg.inner_weight_decay,
+            fused=True,
+        )
+        optimizer.state[theta] = {
+            "step": torch.tensor(float(step), device=theta.device),
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        }
+        with torch.no_grad():
+            batches = self._batch_probs(count)
+        positions = self._alt_positions(count, gen)
+        for t in range(count):
+            theta.grad.zero_()
+            inner_loss(model, batches[t % len(batches)], positions[t]).backward()
+            optimizer.step()
+        theta.grad = None
 
     def _adam(
         self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int
@@ -434,7 +458,8 @@ class Distiller:
     def _outer_loss(self, params: Params, index: Tensor) -> tuple[Tensor, Tensor]:
         batch = self.train.select(index)
         model = self.learner(params)
-        features = model.last_features(batch.history, batch.lengths)  # [B, H]
+        # The outer loss reads one position per sample: the last block runs there alone.
+        features = model.last_features(batch.history, batch.lengths, last_only=True)  # [B, H]
         ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
         fsa = F.mse_loss(features, self.teacher_features[index])
         return ce, fsa

@@ -122,3 +122,20 @@ def test_vmap_over_stacked_learners():
 
     out = vmap(scores, randomness="different")(params, probs)  # dropout differs per learner
     assert out.shape == (3, 2, N_ITEMS + 1) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layers, heads", [(1, 1), (2, 2)])
+def test_last_only_is_the_full_pass_at_the_last_position(layers, heads):
+    m = model(hidden=16, heads=heads, layers=layers, attn_dropout=0.0, hidden_dropout=0.0)
+    items, lengths = batch()
+    full = m.last_features(items, lengths)
+    fast = m.last_features(items, lengths, last_only=True)
+    torch.testing.assert_close(fast, full)
+    weights = torch.randn_like(full)
+    params = list(m.parameters())
+    for a, b in zip(
+        torch.autograd.grad((full * weights).sum(), params),
+        torch.autograd.grad((fast * weights).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)

@@ -49,19 +49,20 @@ class SelfAttention(nn.Module):
         self.out_dropout = nn.Dropout(hidden_dropout)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        # x: [B, L, H]; mask: [B, 1, L, L] additive (0 or MASK_VALUE)
-        B, L, H = x.shape
-        d = H // self.heads
+    def forward(self, x: Tensor, mask: Tensor, query: Tensor | None = None) -> Tensor:
+        """x: [B, L, H] (keys and values); query: [B, Q, H] rows to compute (default:
+        x itself, Q = L); mask: [B or 1, 1, Q, L] additive (0 or MASK_VALUE). -> [B, Q, H]"""
+        query = x if query is None else query
+        d = x.shape[-1] // self.heads
 
-        def split(t: Tensor) -> Tensor:  # [B, L, H] -> [B, heads, L, d]
-            return t.view(B, L, self.heads, d).transpose(1, 2)
+        def split(t: Tensor) -> Tensor:  # [B, n, H] -> [B, heads, n, d]
+            return t.view(t.shape[0], t.shape[1], self.heads, d).transpose(1, 2)
 
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + mask  # [B, heads, L, L]
+        q, k, v = split(self.query(query)), split(self.key(x)), split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + mask  # [B, heads, Q, L]
         attn = self.attn_dropout(torch.softmax(scores, dim=-1))
-        context = (attn @ v).transpose(1, 2).reshape(B, L, H)  # [B, L, H]
-        return self.norm(self.out_dropout(self.dense(context)) + x)
+        context = (attn @ v).transpose(1, 2).reshape(query.shape)  # [B, Q, H]
+        return self.norm(self.out_dropout(self.dense(context)) + query)
 
 
 class FeedForward(nn.Module):
@@ -93,8 +94,9 @@ class Block(nn.Module):
         self.attention = SelfAttention(hidden, heads, attn_dropout, hidden_dropout, eps)
         self.feed_forward = FeedForward(hidden, inner, hidden_dropout, eps)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.feed_forward(self.attention(x, mask))
+    def forward(self, x: Tensor, mask: Tensor, query: Tensor | None = None) -> Tensor:
+        """[B, L, H] -> [B, L, H], or only the rows of `query` [B, Q, H] (see SelfAttention)."""
+        return self.feed_forward(self.attention(x, mask, query))
 
 
 class SASRec(nn.Module):
@@ -160,6 +162,16 @@ class SASRec(nn.Module):
         probs: [B, L, n_items+1] soft item distributions; input = probs @ E with E this
         model's own item table; every position is valid unless lengths is given.
         """
+        x, mask = self._block_inputs(items, lengths, probs)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+    def _block_inputs(
+        self, items: Tensor | None, lengths: Tensor | None, probs: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The first block's input [B, L, H] and the additive attention mask
+        [B or 1, 1, L, L] (query x key)."""
         if (items is None) == (probs is None):
             raise ValueError("pass exactly one of items or probs")
         if items is not None:
@@ -183,20 +195,15 @@ class SASRec(nn.Module):
         x = self.dropout(self.norm(emb + self.position_embedding.weight[:L]))
 
         if lengths is None and items is None:  # soft input: every position is valid
-            mask = _causal_mask(L, emb.device, x.dtype)  # [1, 1, L, L]
+            return x, _causal_mask(L, emb.device, x.dtype)  # [1, 1, L, L]
+        if lengths is not None:
+            valid = torch.arange(L, device=emb.device) < lengths.unsqueeze(-1)  # [B, L]
         else:
-            if lengths is not None:
-                valid = torch.arange(L, device=emb.device) < lengths.unsqueeze(-1)  # [B, L]
-            else:
-                assert items is not None
-                valid = items != 0
-            causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
-            allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
-            mask = torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
-
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+            assert items is not None
+            valid = items != 0
+        causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
+        allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
+        return x, torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
 
     @staticmethod
     def gather_last(features: Tensor, lengths: Tensor) -> Tensor:
@@ -204,9 +211,23 @@ class SASRec(nn.Module):
         index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, features.shape[-1])  # [B, 1, H]
         return features.gather(1, index).squeeze(1)
 
-    def last_features(self, items: Tensor, lengths: Tensor) -> Tensor:
-        """Hidden state at the last valid position: [B, H]."""
-        return self.gather_last(self.sequence_features(items, lengths), lengths)
+    def last_features(self, items: Tensor, lengths: Tensor, *, last_only: bool = False) -> Tensor:
+        """Hidden state at the last valid position: [B, H].
+
+        last_only: compute the last block's query side (attention query, output
+        projection, feed-forward, norms) at that position alone; earlier positions
+        still give keys and values. The same function at a fraction of the cost;
+        in training mode it draws dropout masks only for what it computes, so the
+        random stream differs from the full pass."""
+        if not last_only:
+            return self.gather_last(self.sequence_features(items, lengths), lengths)
+        x, mask = self._block_inputs(items, lengths, None)
+        *earlier, last = self.blocks
+        for block in earlier:
+            x = block(x, mask)
+        rows, index = torch.arange(len(x), device=x.device), lengths - 1
+        query = x[rows, index].unsqueeze(1)  # [B, 1, H]
+        return last(x, mask[rows, :, index].unsqueeze(2), query).squeeze(1)  # mask [B,1,1,L]
 
     def logits(self, features: Tensor) -> Tensor:
         """Tied output layer: [..., H] -> [..., n_items+1] (column 0 is padding)."""

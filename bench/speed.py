@@ -1,0 +1,417 @@
+"""Speed of TD3's distillation (issue "Speed"): time per outer and inner step and
+peak memory of the inner-loop engines, side by side in the same run.
+
+    python bench/speed.py                          # engines: fast "func" vs "higher"
+    python bench/speed.py --sweep items size window real-batch --json speed.json
+    python bench/speed.py --end-to-end magazine    # teacher + 30 epochs on the real file
+    python bench/speed.py --device cuda ...        # the same on a GPU
+
+Every measurement runs in a fresh child process (so CPU peak RSS belongs to it)
+on synthetic interactions of the real datasets' shapes
+(`td3core.data.generate_interactions`); the distillation is the library's
+`Distiller`, the teacher `train_teacher` (a few steps: its quality does not change
+the cost). The engines are timed in ONE child, alternating outer steps with the
+same seeds (so the same numbers of plain steps), which keeps a shared machine's
+load drift out of the ratio. Per inner step: a least-squares fit of outer-step time
+= window part + plain steps x plain-step time over the measured steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from td3core.config import DistillConfig, JobConfig, ModelConfig, TrainConfig
+from td3core.data import (
+    PreprocessConfig,
+    build_dataset,
+    generate_interactions,
+    leave_one_out,
+    read_interactions,
+)
+from td3core.data.samples import Split
+from td3core.distill import Distiller, DistillProgress, train_config_for_selection
+from td3core.evaluation import sample_negatives
+from td3core.learner import train_on_summary
+from td3core.summary import TuckerSummary
+from td3core.teacher import Teacher, train_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO.parent / "shared" / "data"
+MODEL = ModelConfig()  # the authors' SASRec: hidden 32, 1 head, 1 layer, inner 64
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration: the real data's shape and the distillation settings."""
+
+    name: str
+    users: int  # real users (synthetic interactions)
+    items: int  # |V|
+    mean_length: int
+    mu: int
+    zeta: int
+    inner_steps: int = 200
+    window: int = 40
+    real_batch: int = 1024
+    synthetic_batch: int = 20
+    engines: tuple[str, ...] = ("func",)
+
+    def distill_config(self, engine: str) -> DistillConfig:
+        return DistillConfig(
+            users=self.mu,
+            length=self.zeta,
+            inner_steps=self.inner_steps,
+            window=self.window,
+            real_batch=self.real_batch,
+            synthetic_batch=self.synthetic_batch,
+            epochs=1000,  # never reached: we time single outer steps
+            backend=engine,
+        )
+
+
+MAGAZINE = Case("magazine-shape", users=665, items=848, mean_length=7, mu=30, zeta=20)
+ML100K = Case(
+    "ml-100k-shape", users=943, items=1349, mean_length=105, mu=50, zeta=50, real_batch=4096
+)
+ENGINES = ("func", "higher")
+# |V| sweep: shorter inner loops (20 steps, window 10) so 100k items stays minutes.
+SWEEPS: dict[str, list[Case]] = {
+    "engines": [
+        dataclasses.replace(MAGAZINE, engines=ENGINES),
+        dataclasses.replace(ML100K, engines=ENGINES),
+    ],
+    "items": [
+        dataclasses.replace(
+            MAGAZINE,
+            name=f"items={n}",
+            items=n,
+            users=max(665, n // 10),
+            inner_steps=20,
+            window=10,
+        )
+        for n in (1_000, 10_000, 100_000, 1_000_000)
+    ],
+    "size": [
+        dataclasses.replace(MAGAZINE, name=f"{mu}x{zeta}", mu=mu, zeta=zeta, mean_length=zeta)
+        for mu, zeta in ((30, 20), (50, 50), (200, 50), (200, 100))
+    ],
+    "window": [dataclasses.replace(MAGAZINE, name=f"W={w}", window=w) for w in (10, 20, 40, 80)],
+    "real-batch": [
+        dataclasses.replace(ML100K, name=f"real batch {b}", real_batch=b)
+        for b in (256, 1024, 4096, 16384)
+    ],
+}
+
+
+# ------------------------------------------------------------------ measuring
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset; CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_now_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def synthetic_split(case: Case) -> tuple[Split, torch.Tensor]:
+    inter = generate_interactions(
+        n_users=case.users, n_items=case.items, mean_length=case.mean_length, seed=0
+    )
+    split = leave_one_out(build_dataset(inter, PreprocessConfig(kcore="none")), case.zeta)
+    # Items that no sequence uses still cost what |V| costs: keep the catalogue size.
+    split = dataclasses.replace(split, n_items=max(split.n_items, case.items))
+    return split, sample_negatives(split.valid, split.sequences, split.n_items, n=100, seed=0)
+
+
+def quick_teacher(split: Split, negatives: torch.Tensor, device: str) -> Teacher:
+    recipe = TrainConfig(max_steps=8, eval_every=8, batch_size=256)
+    return train_teacher(split, negatives, MODEL, recipe, pool_epochs=(1, 3), device=device)
+
+
+def measure(case: Case, steps: int, device: str, threads: int) -> dict[str, Any]:
+    """Runs in a child: time `steps` outer steps of each engine (alternating)."""
+    torch.set_num_threads(threads)
+    split, negatives = synthetic_split(case)
+    teacher = quick_teacher(split, negatives, device)
+    dev = torch.device(device)
+    before = memory_now_mb(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    distillers = {
+        engine: Distiller(
+            case.distill_config(engine), split, teacher, MODEL, select=lambda s: 0.0, device=dev
+        )
+        for engine in case.engines
+    }
+    times: dict[str, list[float]] = {e: [] for e in case.engines}
+    plain: list[float] = []
+    for step in range(steps + 1):  # step 0 warms up (allocator, lazy init)
+        for engine, d in distillers.items():
+            started = time.perf_counter()
+            losses = d.outer_step()  # ends with .item(): synchronised
+            if step:
+                times[engine].append(time.perf_counter() - started)
+        if step:
+            plain.append(losses["plain_steps"])
+    out: dict[str, Any] = {
+        "case": dataclasses.asdict(case),
+        "n_items": split.n_items,
+        "device": device,
+        "threads": threads,
+        "plain_steps": plain,
+        "engines": {},
+    }
+    design = np.stack([np.ones(len(plain)), np.array(plain)], axis=1)
+    for engine, t in times.items():
+        (window_part, per_plain), *_ = np.linalg.lstsq(design, np.array(t), rcond=None)
+        out["engines"][engine] = {
+            "outer_s": t,
+            "outer_mean_s": float(np.mean(t)),
+            "plain_step_ms": 1000 * float(per_plain),
+            "window_and_outer_s": float(window_part),
+            "inner_step_ms": 1000 * float(np.sum(t) / (np.sum(plain) + case.window * len(t))),
+        }
+    out["peak_memory_mb"] = peak_memory_mb(dev)
+    out["memory_before_distill_mb"] = before
+    return out
+
+
+def in_child(fn, *args) -> Any:
+    """fn(*args) in a fresh process (spawned: its own peak RSS and thread pool)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def fits(case: Case, device: str) -> str:
+    """Why `case` is skipped on this device ("" if it is not). The dense path holds
+    B x zeta x |V| probabilities and, per window step, several |V| x hidden tensors."""
+    window_bytes = case.window * case.items * MODEL.hidden * 4 * 12
+    outer_bytes = case.real_batch * case.items * 4 * 3
+    need = window_bytes + outer_bytes
+    if device == "cpu" and case.items >= 1_000_000:
+        return f"skipped on CPU: about {need / 2**30:.0f} GiB and hours per outer step"
+    return ""
+
+
+# ------------------------------------------------------------------ end to end
+@dataclass(frozen=True)
+class RealData:
+    path: str
+    fmt: str
+    mu: int
+    zeta: int
+    real_batch: int
+    synthetic_batch: int
+    paper: str  # Table 5 of the paper: one A100, 30 epochs
+
+
+REAL = {
+    "magazine": RealData(
+        "magazine/Magazine_Subscriptions.csv", "amazon", 30, 20, 1024, 15, "21 min / 0.7 GB"
+    ),
+    "ml-100k": RealData("ml-100k/u.data", "ml-100k", 50, 50, 4096, 15, "1 h 58 min / 3.5 GB"),
+    "ml-1m": RealData("ml-1m/ml-1m.5core.tsv.gz", "tsv", 50, 50, 32768, 25, "2 h 27 min / 9.8 GB"),
+}
+
+
+def end_to_end(
+    name: str, epochs: int, device: str, threads: int, data_root: Path
+) -> dict[str, Any]:
+    """Teacher + `epochs` epochs of distillation (with the per-epoch selection) on the
+    real file, with the authors' batches (REFERENCE table) and the library defaults."""
+    torch.set_num_threads(threads)
+    spec = REAL[name]
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+    dataset = build_dataset(read_interactions(data_root / spec.path, fmt=spec.fmt))
+    split = leave_one_out(dataset, spec.zeta)
+    negatives = sample_negatives(split.valid, split.sequences, split.n_items, n=100, seed=0)
+    phases["data"] = time.perf_counter() - started
+    distill = DistillConfig(
+        users=spec.mu,
+        length=spec.zeta,
+        epochs=epochs,
+        real_batch=spec.real_batch,
+        synthetic_batch=spec.synthetic_batch,
+    )
+    job = JobConfig(distill=distill, model=MODEL)
+    mark = time.perf_counter()
+    teacher = train_teacher(
+        split,
+        negatives,
+        job.model,
+        job.teacher.sized_for(len(split.train)),
+        pool_epochs=(distill.pool_first_epoch, distill.pool_last_epoch),
+        device=device,
+    )
+    phases["teacher"] = time.perf_counter() - mark
+    recipe = train_config_for_selection(job.learner, distill.select_steps)
+    select_seconds = 0.0
+
+    def select(summary: TuckerSummary) -> float:
+        nonlocal select_seconds
+        mark = time.perf_counter()
+        _, fit = train_on_summary(
+            summary, split, negatives, job.model, recipe, alt=distill.alt, device=device
+        )
+        select_seconds += time.perf_counter() - mark
+        return fit.best_metric
+
+    def progress(p: DistillProgress) -> None:
+        if p.step % max(1, p.total // 30) == 0:
+            eta = p.eta_seconds or 0.0
+            print(f"  epoch {p.epoch} step {p.step}/{p.total} eta {eta:.0f} s", file=sys.stderr)
+
+    mark = time.perf_counter()
+    distiller = Distiller(distill, split, teacher, job.model, select=select, device=device)
+    result = distiller.run(on_progress=progress)
+    phases["distillation"] = time.perf_counter() - mark
+    phases["of which selection"] = select_seconds
+    phases["total"] = time.perf_counter() - started
+    return {
+        "dataset": name,
+        "device": device,
+        "threads": threads,
+        "epochs": epochs,
+        "outer_steps": distiller.total_steps,
+        "n_items": split.n_items,
+        "train_samples": len(split.train),
+        "config": distill.model_dump(),
+        "seconds": phases,
+        "seconds_per_outer_step": (phases["distillation"] - select_seconds) / distiller.total_steps,
+        "peak_memory_mb": peak_memory_mb(torch.device(device)),
+        "best_valid_mrr10": result.best_valid_mrr10,
+        "paper_table5": spec.paper,
+    }
+
+
+# ------------------------------------------------------------------ printing
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| case | engine | items | mu x zeta | inner / W | real batch | mean plain steps "
+        "| outer step (s) | plain step (ms) | window + outer (s) | inner step (ms, all in) "
+        "| peak memory (MB) | higher / func |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(
+                f"| {row['case']['name']} | - | {row['case']['items']} | {row['skipped']} |"
+            )
+            continue
+        case = row["case"]
+        engines = row["engines"]
+        ratio = ""
+        if "func" in engines and "higher" in engines:
+            per_step = np.array(engines["higher"]["outer_s"]) / np.array(engines["func"]["outer_s"])
+            ratio = (
+                f"{engines['higher']['outer_mean_s'] / engines['func']['outer_mean_s']:.2f}x "
+                f"(median per step {np.median(per_step):.2f}x)"
+            )
+        for engine, e in engines.items():
+            memory = row["memory"].get(engine, {})
+            shown_ratio = ratio if engine == "func" else ""
+            lines.append(
+                f"| {case['name']} | {engine} | {row['n_items']} | {case['mu']}x{case['zeta']} "
+                f"| {case['inner_steps']} / {case['window']} | {case['real_batch']} "
+                f"| {np.mean(row['plain_steps']):.0f} | {e['outer_mean_s']:.3f} "
+                f"| {e['plain_step_ms']:.2f} | {e['window_and_outer_s']:.3f} "
+                f"| {e['inner_step_ms']:.2f} | {memory.get('peak_memory_mb', float('nan')):.0f} "
+                f"(+{memory.get('distill_mb', float('nan')):.0f}) | {shown_ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def end_to_end_table(row: dict[str, Any]) -> str:
+    s = row["seconds"]
+    return "\n".join(
+        [
+            f"### End to end: {row['dataset']} ({row['epochs']} epochs, {row['outer_steps']} "
+            f"outer steps, {row['device']}, {row['threads']} thread(s))",
+            "",
+            "| data | teacher | distillation (of which selection) | total | per outer step "
+            "| peak memory | paper Table 5 (one A100, 30 epochs) |",
+            "|---|---|---|---|---|---|---|",
+            f"| {minutes(s['data'])} | {minutes(s['teacher'])} | {minutes(s['distillation'])} "
+            f"({minutes(s['of which selection'])}) | {minutes(s['total'])} "
+            f"| {row['seconds_per_outer_step']:.2f} s | {row['peak_memory_mb'] / 1024:.1f} GB "
+            f"| {row['paper_table5']} |",
+        ]
+    )
+
+
+# ------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sweep", nargs="+", choices=sorted(SWEEPS), default=["engines"])
+    p.add_argument("--end-to-end", choices=sorted(REAL), help="teacher + distillation on a file")
+    p.add_argument("--epochs", type=int, default=30, help="end-to-end epochs (paper: 30)")
+    p.add_argument("--steps", type=int, default=6, help="timed outer steps per engine")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    p.add_argument("--json", type=Path, help="write the measurements here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report: dict[str, Any] = {"device": args.device, "threads": args.threads}
+    if args.end_to_end:
+        row = end_to_end(args.end_to_end, args.epochs, args.device, args.threads, args.data_root)
+        report["end_to_end"] = row
+        print(end_to_end_table(row))
+    else:
+        for sweep in args.sweep:
+            rows = []
+            for case in SWEEPS[sweep]:
+                why = fits(case, args.device)
+                if why:
+                    print(f"note: {case.name}: {why}", file=sys.stderr)
+                    rows.append({"case": dataclasses.asdict(case), "skipped": why})
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] {sweep}: {case.name}", file=sys.stderr)
+                row = in_child(measure, case, args.steps, args.device, args.threads)
+                # Memory per engine: each alone in a child (CPU peak RSS only grows).
+                row["memory"] = {}
+                for engine in case.engines:
+                    alone = dataclasses.replace(case, engines=(engine,))
+                    m = in_child(measure, alone, 1, args.device, args.threads)
+                    row["memory"][engine] = {
+                        "peak_memory_mb": m["peak_memory_mb"],
+                        "distill_mb": m["peak_memory_mb"] - m["memory_before_distill_mb"],
+                    }
+                rows.append(row)
+            report[sweep] = rows
+            print(speed_table(f"{sweep} ({args.device}, {args.threads} thread(s))", rows))
+            print()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
