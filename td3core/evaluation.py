@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -91,10 +92,9 @@ def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = KS) -> dict[str, float
     return out
 
 
-def _model_device(model: object) -> torch.device:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
     return torch.device("cpu")
 
 
@@ -117,6 +117,14 @@ def _prefix_mask(batch: Samples, sequences: list[np.ndarray], n_items: int) -> T
     return mask
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """What evaluation needs of a model: scores over all items for histories."""
+
+    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:  # [B, n_items+1]
+        ...
+
+
 def evaluate(
     model: nn.Module,
     samples: Samples,
@@ -130,10 +138,11 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics of `model.score_all(items, lengths)` on `samples`:
     {"uni100": {...}, "full": {...}} (each protocol only if asked for)."""
+    if not isinstance(model, Scorer):
+        raise TypeError(f"{type(model).__name__} has no score_all(items, lengths)")
     device = torch.device(device) if device is not None else _model_device(model)
-    was_training = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
-        model.eval()
+    was_training = model.training
+    model.eval()
     uni, full = [], []
     try:
         with torch.no_grad():
@@ -150,8 +159,7 @@ def evaluate(
                     mask = _prefix_mask(batch, split.sequences, split.n_items)
                     full.append(ranks_from_scores(target, scores, mask))
     finally:
-        if isinstance(model, nn.Module):
-            model.train(was_training)
+        model.train(was_training)
     out: dict[str, dict[str, float]] = {}
     if uni:
         out["uni100"] = metrics_from_ranks(torch.cat(uni), ks)

@@ -4,6 +4,7 @@ common recipe and scored alike (the rows of a report's evaluation table)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -164,13 +165,13 @@ def run_record(model: nn.Module, fit: FitResult, experiment: Experiment, interac
     }
 
 
-def searched(train: Callable[[float], Trained], lrs: list[float]) -> tuple[Trained, dict]:
-    """Train once per learning rate and keep the run with the best validation MRR@10
+def searched(train: Callable[..., Trained], lrs: list[float]) -> tuple[Trained, dict]:
+    """Call `train(lr=...)` once per learning rate and keep the run with the best validation MRR@10
     (test data is never looked at); the record says what was tried and chosen."""
     best: Trained | None = None
     best_lr, best_metric, tried = lrs[0], -math.inf, {}
     for lr in lrs:
-        model, fit = train(lr)
+        model, fit = train(lr=lr)
         tried[repr(lr)] = fit.best_metric
         # `>` is False for NaN, so a diverged run never wins (unless every run did)
         if best is None or fit.best_metric > best_metric:
@@ -208,12 +209,13 @@ def evaluation_rows(
     budget = users * length
     reuse = reuse or {}
 
-    def add(row: str, train: Callable[[float], Trained], interactions: int) -> None:
+    def add(row: str, train: Callable[..., Trained], interactions: int) -> None:
         (model, fit), chosen = searched(train, lrs)
         record = run_record(model, fit, experiment, interactions)
         runs.setdefault(row, []).append(record | chosen)
 
     leaky = teacher_item_embeddings is not None and learner == "sasrec"
+    full_interactions = int(sum(len(s) - 2 for s in experiment.split.sequences))
     for name in names:
         for seed in seeds:
             if on_run is not None:
@@ -223,35 +225,26 @@ def evaluation_rows(
                     continue
                 for objective in objectives:
                     for start in (None, teacher_item_embeddings) if leaky else (None,):
-                        add(
-                            summary_row(objective, paper_compatible=start is not None),
-                            lambda lr, s=seed, o=objective, e=start: experiment.train_summary(
-                                summary, seed=s, lr=lr, alt=alt, learner=learner,
-                                objective=o, item_embeddings=e,
-                            ),
-                            budget,
+                        train = functools.partial(
+                            experiment.train_summary, summary, seed=seed, alt=alt,
+                            learner=learner, objective=objective, item_embeddings=start,
                         )  # fmt: skip
+                        row = summary_row(objective, paper_compatible=start is not None)
+                        add(row, train, budget)
             elif name == "full":
-                interactions = int(sum(len(s) - 2 for s in experiment.split.sequences))
-                add(
-                    name,
-                    lambda lr, s=seed: (
-                        reuse.get(("full", learner, s, lr))
-                        or experiment.train_real(experiment.split, seed=s, lr=lr, learner=learner)
-                    ),
-                    interactions,
-                )
+
+                def train_full(lr: float, seed: int = seed) -> Trained:
+                    return reuse.get(("full", learner, seed, lr)) or experiment.train_real(
+                        experiment.split, seed=seed, lr=lr, learner=learner
+                    )
+
+                add(name, train_full, full_interactions)
             else:
                 sample, interactions = sampled_split(
                     experiment.split, name, users=users, length=length, seed=seed
                 )
-                add(
-                    name,
-                    lambda lr, s=seed, d=sample: experiment.train_real(
-                        d, seed=s, lr=lr, learner=learner
-                    ),
-                    interactions,
-                )
+                train = functools.partial(experiment.train_real, sample, seed=seed, learner=learner)
+                add(name, train, interactions)
     return runs
 
 
