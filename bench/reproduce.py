@@ -51,7 +51,16 @@ LABELS = {
     "random-users": "Random users",
     "longest": 'Longest (paper "Longest")',
     "td3": "TD3 (honest: fresh learners)",
+    "td3-kl-all": "TD3 (honest, learners trained with KL at every position)",
     "td3-paper": "TD3 (paper-compatible: teacher's item table, leaky)",
+    "td3-kl-all-paper": "TD3 (paper-compatible, KL at every position)",
+}
+# Summary rows of td3core.experiment -> this table's rows.
+TD3_ROWS = {
+    "summary": "td3",
+    "summary (kl-all)": "td3-kl-all",
+    "summary (paper-compatible)": "td3-paper",
+    "summary (kl-all) (paper-compatible)": "td3-kl-all-paper",
 }
 
 Paper = dict[str, dict[str, tuple[float, float]]]  # row -> metric -> (mean, std), uni100, %
@@ -64,8 +73,10 @@ class DatasetSpec:
     users: int
     length: int
     paper: Paper  # THE PAPER'S numbers (uni100, 100 sampled negatives), not ours
+    real_batch: int  # the authors' real-data batch for this dataset (docs/METHOD.md §1)
     paper_note: str = ""
     preprocess: dict[str, Any] = field(default_factory=dict)
+    reader: dict[str, Any] = field(default_factory=dict)  # ReaderOptions besides fmt
 
 
 # Paper (Table 2: full data and TD3; Table 3: Random, Longest). Only uni100 is reported
@@ -86,6 +97,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "MRR@10": (21.75, 0.77),
             },
         },
+        real_batch=1024,
         paper_note="paper: Magazine [30x20], Tables 2-3 (their data: 408 users / 758 items, "
         "Amazon 2023; ours: 2018 file, 665 / 848 after the same filter)",
     ),
@@ -104,8 +116,30 @@ DATASETS: dict[str, DatasetSpec] = {
                 "MRR@10": (31.90, 0.19),
             },
         },
+        real_batch=4096,
         paper_note="paper: ML-100k [50x50] Table 2 (full, TD3); Random and Longest are "
         "Table 3's [30x50] (the paper gives none at [50x50])",
+    ),
+    "ml-1m": DatasetSpec(
+        # the 5-core file (the full ratings.dat is not available; docs in shared/data)
+        path="ml-1m/ml-1m.5core.tsv.gz",
+        fmt="tsv",
+        reader={"user_col": "User_id"},
+        users=200,
+        length=100,
+        paper={
+            "full": {"HR@10": (78.22, 0.28), "NDCG@10": (57.37, 0.11), "MRR@10": (50.78, 0.07)},
+            "random-interactions": {"HR@10": (15.88, 0.22), "NDCG@10": (7.40, 0.11)},
+            "longest": {"HR@10": (16.60, 0.51), "NDCG@10": (7.77, 0.16)},
+            "td3-paper": {
+                "HR@10": (74.45, 0.17),
+                "NDCG@10": (51.61, 0.20),
+                "MRR@10": (44.42, 0.21),
+            },
+        },
+        real_batch=32768,
+        paper_note="paper: ML-1M [200x100] Table 2 (full, TD3); Random and Longest are "
+        "Table 3's [200x50]",
     ),
 }
 
@@ -143,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="magazine")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
     add_distill_options(p, size_required=False)  # --users/--length: the dataset's paper size
+    p.add_argument("--real-batch", type=int, help="real-data batch (default: the authors')")
     p.add_argument("--distill-seeds", type=int, default=3)
     p.add_argument("--sample-seeds", type=int, default=3, help="seeds of baselines and full")
     p.add_argument("--eval-seeds", type=int, default=1, help="learners per summary")
@@ -160,8 +195,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
+    """The job settings: the command line's, else the dataset's paper size and the
+    authors' real batch for it."""
     args.users, args.length = args.users or spec.users, args.length or spec.length
-    return distill_job_config(args, eval_seeds=args.eval_seeds)
+    job = distill_job_config(args, eval_seeds=args.eval_seeds)
+    if args.real_batch is None:
+        job = job.model_copy(
+            update={"distill": job.distill.model_copy(update={"real_batch": spec.real_batch})}
+        )
+    return job
 
 
 # ------------------------------------------------------------------- running
@@ -196,13 +238,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = Phases(args.device)
 
     phases.start("data")
-    inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt)
+    inter = read_interactions(args.data_root / spec.path, fmt=spec.fmt, **spec.reader)
     dataset = build_dataset(inter, PreprocessConfig(**spec.preprocess))
     bench = Experiment.for_job(dataset, job, device=args.device)
     split = bench.split
     phases.stop()
     users, length = job.distill.users, job.distill.length
-    runs: dict[str, list[dict]] = {}
 
     phases.start(f"teacher (= full-data run, seed {job.teacher.seed})")
     teacher_recipe = bench.real_recipe_for(split, seed=job.teacher.seed, lr=job.teacher.lr)
@@ -212,50 +253,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
     )  # fmt: skip
     phases.stop()
-    # The teacher is the full-data run at its own seed and lr; --full-from-scratch
-    # trains that run again.
-    reuse: Reusable = {}
-    if not args.full_from_scratch:
-        reuse[("full", "sasrec", job.teacher.seed, job.teacher.lr)] = (teacher.model, teacher.fit)
-    full_seeds = [job.teacher.seed + i for i in range(args.sample_seeds)]
-    if "full" not in skip:
-        phases.start(f"full data, seeds {full_seeds}")
-        runs.update(evaluation_rows(bench, ["full"], summary=None, users=users, length=length,
-                                    seeds=full_seeds, lrs=job.search_lrs, alt=False,
-                                    reuse=reuse))  # fmt: skip
-        phases.stop()
 
-    sample_seeds = list(range(args.sample_seeds))
-    for name in BASELINES:
-        if name in skip:
-            continue
-        phases.start(f"{name}, seeds {sample_seeds}")
-        runs.update(evaluation_rows(bench, [name], summary=None, users=users, length=length,
-                                    seeds=sample_seeds, lrs=job.search_lrs,
-                                    alt=False))  # fmt: skip
-        phases.stop()
-
-    distillations = []
-    learner_seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
-    leaky = None if args.no_paper_compatible else teacher.item_embeddings
+    distillations: list[dict[str, Any]] = []
+    summaries: list[TuckerSummary] = []
     if "td3" not in skip:
         for seed in range(args.distill_seeds):
             phases.start(f"distillation seed {seed}")
             summary, info = distill_one(bench, job, teacher, seed)
             phases.stop()
-            phases.start(f"learners on summary seed {seed}")
-            rows = evaluation_rows(bench, ["summary"], summary=summary, users=users,
-                                   length=length, seeds=learner_seeds, lrs=job.search_lrs,
-                                   alt=job.distill.alt,
-                                   teacher_item_embeddings=leaky)  # fmt: skip
-            phases.stop()
-            for record in rows["summary"]:
-                record["distill_seed"] = seed
-            runs.setdefault("td3", []).extend(rows["summary"])
-            runs.setdefault("td3-paper", []).extend(rows.get("summary (paper-compatible)", []))
+            summaries.append(summary)
             distillations.append(info)
 
-    table = {name: aggregate(group) for name, group in runs.items() if group}
+    # The teacher is the full-data SASRec run at its own seed and lr; --full-from-scratch
+    # trains that run again.
+    reuse: Reusable = {}
+    if not args.full_from_scratch:
+        key = ("full", "sasrec", job.teacher.seed, job.teacher.lr)
+        reuse[key] = (teacher.model, teacher.fit)
+    sample_seeds = list(range(args.sample_seeds))
+    learner_seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
+    leaky = None if args.no_paper_compatible else teacher.item_embeddings
+    tables: dict[str, dict[str, Any]] = {}
+    all_runs: dict[str, dict[str, list[dict]]] = {}
+    for learner in job.learners:
+        runs: dict[str, list[dict]] = {}
+        for name in ("full", *BASELINES):
+            if name in skip:
+                continue
+            phases.start(f"{learner}: {name}, seeds {sample_seeds}")
+            runs.update(evaluation_rows(bench, [name], summary=None, users=users, length=length,
+                                        seeds=sample_seeds, lrs=job.search_lrs, alt=False,
+                                        learner=learner, reuse=reuse))  # fmt: skip
+            phases.stop()
+        for seed, summary in enumerate(summaries):
+            phases.start(f"{learner}: learners on summary seed {seed}")
+            rows = evaluation_rows(bench, ["summary"], summary=summary, users=users,
+                                   length=length, seeds=learner_seeds, lrs=job.search_lrs,
+                                   alt=job.distill.alt, learner=learner,
+                                   objectives=job.summary_objectives,
+                                   teacher_item_embeddings=leaky)  # fmt: skip
+            phases.stop()
+            for row, records in rows.items():
+                for record in records:
+                    record["distill_seed"] = seed
+                runs.setdefault(TD3_ROWS.get(row, row), []).extend(records)
+        all_runs[learner] = runs
+        tables[learner] = {name: aggregate(group) for name, group in runs.items() if group}
+
     return {
         "dataset": args.dataset,
         "dataset_stats": dataset.stats().as_dict(),
@@ -269,12 +313,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pool_epochs": teacher.pool_epochs,
         },
         "distillations": distillations,
-        "runs": runs,
-        "table": table,
+        "runs": all_runs,
+        "tables": tables,
         "phases": phases.records,
         "paper": {name: {m: list(v) for m, v in row.items()} for name, row in spec.paper.items()},
         "paper_note": spec.paper_note,
-        "markdown": markdown(table, spec, phases.records, job),
+        "markdown": "\n\n".join(
+            markdown(learner, table, spec, job) for learner, table in tables.items()
+        )
+        + "\n\n"
+        + phases_markdown(phases.records),
     }
 
 
@@ -289,32 +337,46 @@ def paper_cell(value: tuple[float, float] | None) -> str:
     return "-" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}"
 
 
-def markdown(table: dict, spec: DatasetSpec, phases: dict, job: JobConfig) -> str:
+def markdown(learner: str, table: dict, spec: DatasetSpec, job: JobConfig) -> str:
     d = job.distill
     head = (
-        f"[{d.users}x{d.length}], epochs {d.epochs}, inner steps {d.inner_steps}, window "
-        f"{d.window}, rank {d.rank}, learner steps {job.learner.max_steps}, "
-        f"teacher/baseline steps <= {job.teacher.max_steps}"
+        f"**{learner}** — [{d.users}x{d.length}], epochs {d.epochs}, inner steps "
+        f"{d.inner_steps}, window {d.window}, rank {d.rank}, real batch {d.real_batch}, "
+        f"learner steps <= {job.learner.max_steps}, teacher/baseline steps <= "
+        f"{job.teacher.max_steps}, lr search {job.search_lrs}"
     )
     cols = [f"ours uni100 {m}" for m in METRICS] + [f"ours full {m}" for m in METRICS]
-    cols += [f"PAPER uni100 {m}" for m in METRICS] + ["runs", "interactions", "train s/run"]
+    cols += [f"PAPER uni100 {m}" for m in METRICS] + ["runs", "interactions", "lr chosen"]
     lines = [head, "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, label in LABELS.items():
+    for name in (*LABELS, *sorted(set(table) - set(LABELS))):
         row = table.get(name)
-        paper = spec.paper.get(name, {})
+        # the paper's numbers are SASRec's (the distillation's own learner)
+        paper = spec.paper.get(name, {}) if learner == "sasrec" else {}
         if row is None and not paper:
             continue
         ours = [cell(row["uni100"][m]) if row else "-" for m in METRICS]
         ours += [cell(row["full"][m]) if row else "-" for m in METRICS]
         theirs = [paper_cell(paper.get(m)) for m in METRICS]
         extra = (
-            [str(row["runs"]), f"{row['interactions']:.0f}", f"{row['train_seconds']:.1f}"]
+            [str(row["runs"]), f"{row['interactions']:.0f}", chosen_lrs(row["lr"])]
             if row
             else ["-", "-", "-"]
         )
-        lines.append(f"| {label} | " + " | ".join(ours + theirs + extra) + " |")
-    lines += ["", f"PAPER columns: {spec.paper_note}; the paper reports uni100 only.", ""]
-    lines += ["| phase | wall s | peak memory MB |", "|---|---|---|"]
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(ours + theirs + extra) + " |")
+    lines += ["", f"PAPER columns: {spec.paper_note}; the paper reports uni100 only."]
+    return "\n".join(lines)
+
+
+def chosen_lrs(lrs: list[float]) -> str:
+    """The search's choices over a row's runs, e.g. "0.005 x2, 0.001"."""
+    counts: dict[float, int] = {}
+    for lr in lrs:
+        counts[lr] = counts.get(lr, 0) + 1
+    return ", ".join(f"{lr:g}" + (f" x{n}" if n > 1 else "") for lr, n in counts.items())
+
+
+def phases_markdown(phases: dict) -> str:
+    lines = ["| phase | wall s | peak memory MB |", "|---|---|---|"]
     for name, rec in phases.items():
         lines.append(f"| {name} | {rec['seconds']:.1f} | {rec['peak_memory_mb']:.0f} |")
     return "\n".join(lines)
@@ -331,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         best = [(i["seed"], i["best_epoch"], round(i["best_valid_mrr10"], 2))
                 for i in result["distillations"]]  # fmt: skip
         print(f"distillation (seed, best epoch, valid MRR@10): {best}")
-        td3 = result["table"].get("td3")
-        full = result["table"].get("full")
-        if td3 and full:
-            gap = {m: td3["uni100"][m]["mean"] - full["uni100"][m]["mean"] for m in METRICS}
-            print("TD3 (honest) - full data, uni100: " +
-                  ", ".join(f"{m} {v:+.2f}" for m, v in gap.items()))  # fmt: skip
+        for learner, table in result["tables"].items():
+            td3, full = table.get("td3"), table.get("full")
+            if td3 and full:
+                gap = {m: td3["uni100"][m]["mean"] - full["uni100"][m]["mean"] for m in METRICS}
+                print(f"{learner}: TD3 (honest) - full data, uni100: " +
+                      ", ".join(f"{m} {v:+.2f}" for m, v in gap.items()))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
