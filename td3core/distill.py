@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
 from td3core.errors import Cancelled, ConfigError, DataError
-from td3core.inner import BoundLearner, SoftSequences, alt_positions, inner_loss
+from td3core.inner import BoundLearner, SoftSequences, alt_positions, inner_learner, inner_loss
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
@@ -303,7 +303,7 @@ class Distiller:
 
     def _new_model(self) -> SASRec:
         model = SASRec.from_config(self.split.n_items, self.split.max_len, self.model_config)
-        return model.to(self.device).train()
+        return inner_learner(model).to(self.device).train()
 
     def _batch_probs(self, steps: int) -> list[SoftSequences]:
         """S for the synthetic batches that `steps` inner steps visit (batches cycle in

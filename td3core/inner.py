@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from td3core.models.sasrec import SASRec
 from td3core.optim import Layout, Params
@@ -80,6 +81,32 @@ def _pick(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         return x[:, -1]
     rows = torch.arange(len(x), device=x.device)
     return torch.cat([x[:, -1], x[rows, positions]])
+
+
+class UniformDropout(nn.Module):
+    """`nn.Dropout` whose keep-mask is drawn as uniform >= p instead of by Bernoulli
+    sampling: the same distribution, about 3x cheaper on a CPU (torch's CPU
+    `bernoulli_` costs ~12 ns an element, `rand` ~3 ns), which is a fifth of a
+    small learner's inner step. A different random stream than `nn.Dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p)
+        return x * keep
+
+
+def inner_learner(model: SASRec) -> SASRec:
+    """`model` with `UniformDropout` in place of every `nn.Dropout` (in place)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Dropout):
+            path, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(path), attr, UniformDropout(module.p))
+    return model
 
 
 class BoundLearner:

@@ -79,6 +79,77 @@ def _sqrt_zero_safe(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), 0.0)
 
 
+@dataclass(frozen=True)
+class _Hyper:
+    step: int
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+    @property
+    def bias1(self) -> float:
+        return 1 - self.betas[0] ** self.step
+
+    @property
+    def bias2_sqrt(self) -> float:
+        return (1 - self.betas[1] ** self.step) ** 0.5
+
+
+def _adam_formula(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    h: _Hyper,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The update, written once (autograd can differentiate it: the tests do)."""
+    beta1, beta2 = h.betas
+    if h.weight_decay:
+        grad = grad + h.weight_decay * param
+    avg = beta1 * exp_avg + (1 - beta1) * grad
+    avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+    denom = _sqrt_zero_safe(avg_sq) / h.bias2_sqrt + h.eps
+    return param - (h.lr / h.bias1) * avg / denom, avg, avg_sq
+
+
+class _AdamUpdate(torch.autograd.Function):
+    """`_adam_formula` as ONE autograd node with a hand-written backward.
+
+    Through W differentiable inner steps autograd would record ~20 elementwise
+    nodes per step and replay ~35 in the outer backward; here each is one node, and
+    its backward a handful of fused-size ops. The meta-gradient differentiates each
+    step once, so the backward need not be differentiable itself."""
+
+    @staticmethod
+    def forward(ctx, param, grad, exp_avg, exp_avg_sq, h: _Hyper):
+        new_param, avg, avg_sq = _adam_formula(param, grad, exp_avg, exp_avg_sq, h)
+        ctx.h = h
+        ctx.save_for_backward(param, grad, avg, avg_sq)
+        return new_param, avg, avg_sq
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_param, d_avg, d_avg_sq):  # unused outputs arrive as zeros
+        # new = param - c * avg / denom, denom = sqrt0(avg_sq) / b2 + eps, c = lr / bias1
+        param, grad, avg, avg_sq = ctx.saved_tensors
+        h: _Hyper = ctx.h
+        beta1, beta2 = h.betas
+        c = h.lr / h.bias1
+        root = _sqrt_zero_safe(avg_sq)
+        denom = root / h.bias2_sqrt + h.eps
+        step = c * d_param / denom  # -d new / d avg, times d_param
+        d_avg = d_avg - step
+        # d new / d avg_sq = c * avg / denom^2 / (2 sqrt(avg_sq) b2); 0 where avg_sq = 0
+        safe_root = torch.where(root > 0, root, torch.ones_like(root))
+        d_root = torch.where(root > 0, step * avg / denom / (2 * safe_root * h.bias2_sqrt), 0.0)
+        d_avg_sq = d_avg_sq + d_root
+        full_grad = grad + h.weight_decay * param if h.weight_decay else grad
+        d_grad = (1 - beta1) * d_avg + (2 * (1 - beta2)) * full_grad * d_avg_sq
+        d_param_in = d_param + h.weight_decay * d_grad if h.weight_decay else d_param
+        return d_param_in, d_grad, beta1 * d_avg, beta2 * d_avg_sq, None
+
+
 def adam_update(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -92,16 +163,12 @@ def adam_update(
     weight_decay: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam step number `step` (from 1) on one tensor: (param, exp_avg, exp_avg_sq),
-    all new tensors. `step` is a Python int, so nothing waits for the device."""
-    beta1, beta2 = betas
-    bias1 = 1 - beta1**step
-    bias2_sqrt = (1 - beta2**step) ** 0.5
-    if weight_decay:
-        grad = grad + weight_decay * param
-    avg = beta1 * exp_avg + (1 - beta1) * grad
-    avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
-    denom = _sqrt_zero_safe(avg_sq) / bias2_sqrt + eps
-    return param - (lr / bias1) * avg / denom, avg, avg_sq
+    all new tensors. Differentiable once w.r.t. all four tensors (one autograd
+    node). `step` is a Python int, so nothing waits for the device."""
+    h = _Hyper(step, lr, betas, eps, weight_decay)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (param, grad, exp_avg, exp_avg_sq)):
+        return _AdamUpdate.apply(param, grad, exp_avg, exp_avg_sq, h)
+    return _adam_formula(param, grad, exp_avg, exp_avg_sq, h)
 
 
 def adam_step(

@@ -14,7 +14,7 @@ from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data import PreprocessConfig, build_dataset, generate_interactions, leave_one_out
 from td3core.distill import Distiller, seed_for
 from td3core.evaluation import sample_negatives
-from td3core.inner import summary_loss
+from td3core.inner import inner_learner, summary_loss
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_step
 from td3core.teacher import Teacher, train_teacher
@@ -91,7 +91,8 @@ def reference_meta_loss(d: Distiller) -> torch.Tensor:
     real = d._real_batch(epoch, index)
     params, adam = d._initial_learner(epoch, index, gen)
     plain = int(torch.randint(0, cfg.inner_steps - cfg.window + 1, (1,), generator=gen))
-    learner = _Apply(SASRec.from_config(d.split.n_items, d.split.max_len, d.model_config))
+    model = SASRec.from_config(d.split.n_items, d.split.max_len, d.model_config)
+    learner = _Apply(inner_learner(model))  # the distiller's dropout
     learner.train()
 
     def run(params: Params, fn: Callable[[SASRec], torch.Tensor]) -> torch.Tensor:

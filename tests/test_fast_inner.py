@@ -16,7 +16,14 @@ from helpers_distill import (
 )
 from torch.func import functional_call
 
-from td3core.inner import BoundLearner, SoftSequences, inner_loss, summary_loss
+from td3core.inner import (
+    BoundLearner,
+    SoftSequences,
+    UniformDropout,
+    inner_learner,
+    inner_loss,
+    summary_loss,
+)
 from td3core.models.sasrec import SASRec
 from td3core.optim import Layout
 
@@ -105,3 +112,17 @@ def test_layout_views_share_the_flat_buffer_and_its_gradient():
         assert views[name].data_ptr() >= flat.data_ptr()
     (grad,) = torch.autograd.grad((views["a"] * 2).sum() + (views["b"] * 3).sum(), flat)
     assert torch.equal(grad, torch.tensor([2.0] * 6 + [3.0] * 4))
+
+
+def test_uniform_dropout_is_dropout():
+    torch.manual_seed(0)
+    drop = UniformDropout(0.3)
+    x = torch.ones(200_000)
+    y = drop(x)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.005)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)
+    model = inner_learner(SASRec(30, 8, hidden=8, inner=16))
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert sum(isinstance(m, UniformDropout) for m in model.modules()) == 4

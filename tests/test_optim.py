@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from td3core.optim import AdamState, Layout, adam_step, adam_update
+from td3core.optim import (
+    AdamState,
+    Layout,
+    _adam_formula,
+    _AdamUpdate,
+    _Hyper,
+    adam_step,
+    adam_update,
+)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -69,3 +77,27 @@ def test_one_flat_update_equals_per_tensor_updates():
     ):
         for name, value in layout.views(got).items():
             assert torch.equal(value, want[name])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_the_one_node_adam_update_has_autograds_gradient(weight_decay):
+    torch.manual_seed(0)
+    inputs = [torch.randn(6, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    avg_sq = torch.rand(6, dtype=torch.float64)
+    avg_sq[:2] = 0.0  # never-updated entries: gradient 0, not NaN
+    grad = inputs[1].detach().clone()
+    grad[:2] = 0.0
+    inputs[1] = grad.requires_grad_(True)
+    inputs.append(avg_sq.requires_grad_(True))
+    h = _Hyper(step=3, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    weights = [torch.randn(6, dtype=torch.float64) for _ in range(3)]
+
+    def vjp(outputs):
+        total = sum((o * w).sum() for o, w in zip(outputs, weights, strict=True))
+        return torch.autograd.grad(total, inputs)
+
+    ours = vjp(_AdamUpdate.apply(*inputs, h))
+    reference = vjp(_adam_formula(*inputs, h))
+    for a, b in zip(ours, reference, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
