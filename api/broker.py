@@ -11,8 +11,10 @@ from kombu import Queue
 
 from api.settings import Settings
 
-# The name the worker registers its distillation task under.
+# The names the worker registers its tasks under.
 DISTILL_TASK = "td3.distill"
+# Delivers a finished job's webhook (on the default queue: short, network-bound).
+WEBHOOK_TASK = "td3.webhook"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -72,6 +74,9 @@ class Broker:
             },
         )
 
+    def enqueue_webhook(self, job_id: str) -> None:
+        send_webhook_task(self.celery, job_id)
+
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
         if self.settings.broker_is_filesystem:
@@ -84,3 +89,16 @@ class Broker:
 
     def close(self) -> None:
         self.celery.close()
+
+
+def send_webhook_task(
+    celery: Celery, job_id: str, *, attempt: int = 1, countdown: float = 0
+) -> None:
+    """Enqueue delivery `attempt` of `job_id`'s webhook (the worker's retries come back
+    through here with a countdown)."""
+    celery.send_task(
+        WEBHOOK_TASK,
+        args=[job_id, attempt],
+        countdown=countdown or None,
+        queue=celery.conf.task_default_queue,
+    )

@@ -8,8 +8,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. `not_found`, `invalid_config`")
+    message: str = Field(description="for people: what is wrong and what to do")
+    details: Any = Field(None, description="a validation error's problems, field by field")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "not_found", "message": "job 'job_1' not found"}}]
+        }
+    )
+
+    error: ErrorBody
 
 
 class APIError(Exception):
@@ -66,6 +84,29 @@ _HTTP_CODES = {
     422: "validation_error",
     503: "unavailable",
 }
+
+
+_DESCRIPTIONS = {
+    401: "missing or invalid API key",
+    404: "no such resource (or another tenant's)",
+    409: "conflicts with the resource's current state",
+    413: "the request is larger than the limit",
+    415: "unsupported content type",
+    422: "invalid parameters, body or data",
+    503: "a backing service is unavailable; nothing was changed, retry",
+}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring the error envelope for `statuses`; a description
+    may be given per status as `s409="..."`."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": descriptions.get(f"s{status}", _DESCRIPTIONS[status]),
+        }
+        for status in statuses
+    }
 
 
 def install_error_handlers(app: FastAPI) -> None:

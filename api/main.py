@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from api.broker import Broker
 from api.db import Database
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="TD3 dataset distillation for sequential recommendation, as a service",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
@@ -46,6 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(jobs.router)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """The route function's name (`upload_dataset`, `create_job`, ...): what generated
+    clients call their methods."""
+    return route.name
 
 
 def _redact(url: str) -> str:

@@ -85,6 +85,7 @@ class Dataset(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSON)
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
 
 
 class Job(Base):
@@ -113,6 +114,15 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
+    # Where to POST the job once it ends, and that delivery's state (None until it is
+    # handed to the queue: `api.services.job_runs.dispatch_webhooks`, `worker.webhooks`).
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class JobEvent(Base):

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
         description="a job on another machine with no progress for this long "
         "counts as abandoned (on the same machine the worker's pid is checked instead)",
     )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="deliveries of a job's webhook before it is marked failed"
+    )
+    webhook_backoff: float = Field(
+        2.0,
+        gt=0,
+        description="seconds before a webhook's first retry; doubled each retry, capped at 1 h",
+    )
+    webhook_timeout: float = Field(10.0, gt=0, description="seconds one webhook POST may take")
+    max_export_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="size limit of a dense (npy) summary export"
+    )
     device: str = Field("", description="torch device; default cuda if available")
     polling_interval: float = Field(0.2, gt=0, description="serverless broker polling interval")
     progress_interval: float = Field(1.0, ge=0, description="min seconds between progress events")

@@ -209,3 +209,40 @@ class JobConfig(_Settings):
     @property
     def history_length(self) -> int:
         return self.max_len or self.distill.length
+
+    @classmethod
+    def from_preset(cls, name: PresetName, overrides: dict[str, Any]) -> JobConfig:
+        """The preset's settings with `overrides` (JobConfig's nested shape) on top: a
+        nested section (`distill`, `teacher`, ...) changes only the fields it names."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
+        merged = dict(PRESETS[name])
+        for key, value in overrides.items():
+            base = merged.get(key)
+            merged[key] = (
+                base | value if isinstance(base, dict) and isinstance(value, dict) else value
+            )
+        return cls.model_validate(merged)
+
+
+PresetName = Literal["smoke", "paper"]
+# Named starting points for a job (JobConfig's nested shape, without users and length).
+# "paper": the paper's settings, i.e. every default (30 epochs x 200 inner steps: hours
+# on a CPU). "smoke": a pipeline check that finishes in well under a minute on a CPU on
+# small data; its numbers mean nothing.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "smoke": {
+        "distill": {
+            "epochs": 1,
+            "inner_steps": 10,
+            "window": 5,
+            "rank": 8,
+            "select_steps": 10,
+        },
+        "teacher": {"max_steps": 60, "eval_every": 20, "batch_size": 128},
+        "learner": {"max_steps": 30, "eval_every": 10},
+        "search_lrs": [0.005],
+        "evaluations": ["summary", "random-users"],
+    },
+}

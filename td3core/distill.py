@@ -10,11 +10,12 @@ the counters are the whole RNG state: a run stopped after any step and resumed
 from `state_bytes()` continues exactly as an uninterrupted one.
 
 Two engines run the inner loop. "func" (default) holds the learner in one flat
-buffer: plain steps keep no graph, each Adam update is a dozen ops on that buffer,
-and the differentiable window builds the smallest graph we know how to. "higher" is
-the reference: a regular module with `torch.optim.Adam` for the plain steps and the
-`higher` package for the window; the tests check that both give the same
-meta-gradient.
+buffer: plain steps keep no graph and update in place with a fused Adam, each
+differentiable Adam update is one autograd node, dropout masks come from uniform
+noise and the outer loss runs the last block at the position it reads. "higher" is
+the reference, straightforward throughout: a regular module with
+`torch.optim.Adam` for the plain steps, the `higher` package for the window. The
+tests check that both give the same meta-gradient.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from torch import Tensor, nn
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
 from td3core.errors import Cancelled, ConfigError, DataError
-from td3core.inner import BoundLearner, SoftSequences, alt_positions, inner_learner, inner_loss
+from td3core.inner import (
+    BoundLearner,
+    SoftSequences,
+    alt_positions,
+    inner_learner,
+    inner_loss,
+    summary_loss,
+)
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
@@ -123,8 +131,11 @@ class Distiller:
         # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
         self.learner = BoundLearner(self._new_model())
         self.param_names = list(self.learner.layout.names)
-        # The reference backend trains a module with its own parameters.
-        self._reference = _Apply(self._new_model()) if config.backend == "higher" else None
+        # The reference backend trains a plain module with its own parameters.
+        self._reference = None
+        if config.backend == "higher":
+            reference = SASRec.from_config(split.n_items, split.max_len, model_config)
+            self._reference = _Apply(reference.to(self.device).train())
 
         init = torch.Generator().manual_seed(seed_for(config.seed, 0xC0DE))
         self.summary = TuckerSummary(
@@ -257,12 +268,12 @@ class Distiller:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed_for(cfg.seed, 2, s))  # dropout in this step
-            final: AdamState | None
+            final: AdamState | None = None
             if self._reference is None:
                 params, final = self._inner_loop(params, adam, plain, gen)
-            else:
-                params, final = self._inner_loop_higher(params, adam, plain, gen)
-            ce, fsa = self._outer_loss(params, real)
+                ce, fsa = self._outer_loss(self.learner(params), real, last_only=True)
+            else:  # learner_draw="step" (the config's rule): a fresh Adam every step
+                params, ce, fsa = self._reference_meta(params, plain, gen, real)
         loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
         return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, final)
 
@@ -407,11 +418,17 @@ class Distiller:
             weight_decay=cfg.inner_weight_decay,
         )
 
-    def _inner_loop_higher(
-        self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
-    ) -> tuple[Params, None]:
-        """The reference engine: the same inner loop on a regular module, plain steps
-        with `torch.optim.Adam`, the window through the `higher` package."""
+    def _reference_meta(
+        self, params: Params, plain: int, gen: torch.Generator, real: Tensor
+    ) -> tuple[Params, Tensor, Tensor]:
+        """The reference engine, straightforward throughout: a regular SASRec (torch's
+        dropout), plain steps with `torch.optim.Adam`, the window through the `higher`
+        package, the KL inner loss, the outer loss from the full forward pass.
+
+        Its meta-gradient equals the fast engine's without dropout (to rounding,
+        where `higher`'s placement of eps does not matter); with dropout the two
+        draw different masks from the same distribution. Returns the learner after
+        the window and the outer (ce, fsa)."""
         import higher
 
         assert self._reference is not None
@@ -429,37 +446,36 @@ class Distiller:
             weight_decay=cfg.inner_weight_decay,
             foreach=False,
         )
-        if adam.step:  # never with learner_draw="step"; kept for a carried learner
-            for name, p in model.named_parameters():
-                optimizer.state[p] = {
-                    "step": torch.tensor(float(adam.step)),
-                    "exp_avg": adam.exp_avg[name].detach().clone(),
-                    "exp_avg_sq": adam.exp_avg_sq[name].detach().clone(),
-                }
+
+        def loss(m: SASRec, probs: Tensor) -> Tensor:  # draws ALT positions step by step
+            return summary_loss(m, probs, alt=cfg.alt, generator=gen)
+
         with torch.no_grad():
             batches = self._batch_probs(plain)
-        positions = self._alt_positions(plain, gen)
         for t in range(plain):
             optimizer.zero_grad(set_to_none=True)
-            inner_loss(model, batches[t % len(batches)], positions[t]).backward()
+            loss(model, batches[t % len(batches)].probs).backward()
             optimizer.step()
         with higher.innerloop_ctx(self._reference, optimizer, copy_initial_weights=True) as (
             fmodel,
             diffopt,
         ):
             batches = self._batch_probs(cfg.window)
-            positions = self._alt_positions(cfg.window, gen)
             for t in range(cfg.window):
-                probs, where = batches[t % len(batches)], positions[t]
-                diffopt.step(fmodel(lambda m, p=probs, w=where: inner_loss(m, p, w)))
+                probs = batches[t % len(batches)].probs
+                diffopt.step(fmodel(lambda m, p=probs: loss(m, p)))
+            ce, fsa = fmodel(lambda m: torch.stack(self._outer_loss(m, real, last_only=False)))
             final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
-        return final, None
+        return final, ce, fsa
 
-    def _outer_loss(self, params: Params, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _outer_loss(
+        self, model: SASRec, index: Tensor, *, last_only: bool
+    ) -> tuple[Tensor, Tensor]:
+        """CE of the next item + FSA on the real samples `index`. last_only: the
+        outer loss reads one position per sample, so the last block may run there
+        alone (the fast engine)."""
         batch = self.train.select(index)
-        model = self.learner(params)
-        # The outer loss reads one position per sample: the last block runs there alone.
-        features = model.last_features(batch.history, batch.lengths, last_only=True)  # [B, H]
+        features = model.last_features(batch.history, batch.lengths, last_only=last_only)  # [B, H]
         ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
         fsa = F.mse_loss(features, self.teacher_features[index])
         return ce, fsa

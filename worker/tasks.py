@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import Task
 
-from api.broker import DISTILL_TASK
+from api.broker import DISTILL_TASK, WEBHOOK_TASK
+from api.settings import get_settings
+from worker import webhooks
 from worker.celery_app import app
 
 
@@ -14,6 +16,14 @@ def distill(self: Task, job_id: str) -> None:
     from worker.runner import run_job_by_id
 
     run_job_by_id(job_id, worker=str(self.request.hostname or "worker"))
+    # the job has ended (or was not ours to run): send its webhook and any left due
+    webhooks.dispatch_due(app, get_settings())
+
+
+@app.task(name=WEBHOOK_TASK, acks_late=True)
+def webhook(job_id: str, attempt: int = 1) -> str:
+    """One delivery attempt of a finished job's webhook (`worker.webhooks`)."""
+    return webhooks.deliver(app, get_settings(), job_id, attempt)
 
 
 @app.task(name="td3.ping")

@@ -13,13 +13,16 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, SettingsDep, TenantDep
-from api.errors import APIError
+from api.errors import APIError, error_responses
+from api.labels import LABEL_QUERY_DESCRIPTION, parse_label_filters
 from api.models import Dataset
 from api.schemas import DatasetList, DatasetOut, DatasetStatistics
 from api.services import datasets as service
 from td3core.data.readers import Format, ReaderOptions
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
+
+LabelQuery = Annotated[list[str] | None, Query(max_length=400, description=LABEL_QUERY_DESCRIPTION)]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -35,6 +38,7 @@ def _out(row: Dataset) -> DatasetOut:
         preprocessing=row.preprocessing,
         statistics=DatasetStatistics(**row.stats),
         created_at=row.created_at,
+        labels=row.labels or {},
     )
 
 
@@ -57,11 +61,16 @@ def _too_large(limit: int) -> APIError:
             "description": "The interaction file itself as the raw body (optionally gzip'd); "
             "e.g. `curl --data-binary @u.data -H 'Content-Type: application/octet-stream'`.",
             "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": "user_id,item_id,timestamp\nu1,i7,1700000000\nu1,i3,1700000060\n",
+                }
             },
         }
     },
-    responses={413: {"description": "too large"}, 422: {"description": "unparseable data"}},
+    responses=error_responses(
+        413, 415, 422, s415="multipart/form-data: send the file as the raw body"
+    ),
 )
 async def upload_dataset(
     request: Request,
@@ -84,6 +93,10 @@ async def upload_dataset(
     min_user: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     min_item: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     min_rating: float | None = None,
+    label: Annotated[
+        list[str] | None,
+        Query(max_length=400, description="a label to attach, `key:value`; repeatable"),
+    ] = None,
 ) -> DatasetOut:
     limit = settings.max_upload_bytes
     if request.headers.get("content-type", "").startswith("multipart/"):
@@ -119,6 +132,7 @@ async def upload_dataset(
             has_header=has_header,
         ),
         preprocess=preprocess,
+        labels=parse_label_filters(label),
     )
     digest = hashlib.sha256()
     size = 0
@@ -145,17 +159,25 @@ def list_datasets(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    label: LabelQuery = None,
 ) -> DatasetList:
-    rows, next_cursor = service.list_(db, tenant, limit=limit, cursor=cursor)
+    """Newest first."""
+    rows, next_cursor = service.list_(
+        db, tenant, limit=limit, cursor=cursor, labels=parse_label_filters(label)
+    )
     return DatasetList(items=[_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> DatasetOut:
     return _out(service.get(db, tenant, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "in use"}})
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses=error_responses(404, 409, s409="a job that has not finished uses the dataset"),
+)
 def delete_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> Response:
     service.delete_(db, tenant, dataset_id)
     return Response(status_code=204)

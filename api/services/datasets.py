@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 
 from api.db import Database
 from api.errors import APIError, format_validation_errors
+from api.labels import with_labels
 from api.lifecycle import ACTIVE
 from api.models import Dataset, Job, Tenant, new_id, utcnow
 from api.pagination import newest_first_page
@@ -29,6 +30,7 @@ class UploadOptions:
     filename: str
     reader: ReaderOptions = dataclasses.field(default_factory=ReaderOptions)
     preprocess: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def create(
         stats=parsed.stats,
         content=parsed.content,
         created_at=utcnow(),
+        labels=opts.labels,
     )
     with db.transaction() as session:
         session.add(row)
@@ -106,9 +109,16 @@ def get(db: Database, tenant: Tenant, dataset_id: str) -> Dataset:
 
 
 def list_(
-    db: Database, tenant: Tenant, *, limit: int, cursor: str | None
+    db: Database,
+    tenant: Tenant,
+    *,
+    limit: int,
+    cursor: str | None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[Dataset], str | None]:
-    query = select(Dataset).where(Dataset.tenant_id == tenant.id)
+    query = with_labels(
+        select(Dataset).where(Dataset.tenant_id == tenant.id), Dataset.labels, labels or {}
+    )
     return newest_first_page(db, query, Dataset.created_at, Dataset.id, limit=limit, cursor=cursor)
 
 

@@ -10,9 +10,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 
 from api.db import Database
 from api.lifecycle import ACTIVE, HELD_BY_RUNNER, TERMINAL, JobStatus, record_event, transition
@@ -263,3 +263,82 @@ def orphaned_jobs(db: Database, *, lease_seconds: float) -> list[str]:
                 else:
                     requeue.append(job.id)
         return requeue
+
+
+# --- webhooks ---------------------------------------------------------------------------
+# A job's terminal status is itself the record that its webhook is due: a job that ended
+# with a webhook and no delivery state yet is picked up by the next dispatch, whichever
+# process ended it and even if that process died right after.
+
+
+def dispatch_webhooks(
+    db: Database, enqueue: Callable[[str], None], *, job_id: str | None = None
+) -> list[str]:
+    """Hand every due webhook (or only `job_id`'s) to the queue, once: the state moves
+    from none to `queued` before the send, and back if the send fails."""
+    due = select(Job.id).where(
+        Job.status.in_(TERMINAL), Job.webhook_url.is_not(None), Job.webhook_status.is_(None)
+    )
+    if job_id is not None:
+        due = due.where(Job.id == job_id)
+    with db.session() as session:
+        candidates = list(session.scalars(due))
+    sent = []
+    for ident in candidates:
+        if not _set_webhook_status(db, ident, "queued", expected=None):
+            continue  # another dispatcher took it
+        try:
+            enqueue(ident)
+        except Exception:
+            _set_webhook_status(db, ident, None, expected="queued")
+            raise
+        sent.append(ident)
+    return sent
+
+
+def _set_webhook_status(db: Database, job_id: str, to: str | None, *, expected: str | None) -> bool:
+    current = Job.webhook_status.is_(None) if expected is None else Job.webhook_status == expected
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job).where(Job.id == job_id, current).values(webhook_status=to)
+        )
+        return cast(CursorResult[Any], result).rowcount == 1
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """What a delivery attempt sends: the job as `GET /v1/jobs/{id}` shows it."""
+
+    url: str
+    secret: str
+    job: Job
+
+
+def webhook_delivery(db: Database, job_id: str) -> WebhookDelivery | None:
+    """The job's webhook if a delivery is still wanted (None once delivered or given up)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    if job is None or not job.webhook_url or not job.webhook_secret:
+        return None
+    if job.webhook_status in ("delivered", "failed"):
+        return None
+    return WebhookDelivery(job.webhook_url, job.webhook_secret, job)
+
+
+def record_webhook_attempt(db: Database, job_id: str, *, error: str | None, retry: bool) -> None:
+    """One attempt's outcome: delivered (`error` None), retrying, or failed for good."""
+    now = utcnow()
+    status = "delivered" if error is None else "retrying" if retry else "failed"
+    with db.transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                webhook_status=status,
+                webhook_attempts=Job.webhook_attempts + 1,
+                webhook_last_error=None if error is None else error[:2000],
+                webhook_delivered_at=now if error is None else None,
+            )
+        )
+        message = "webhook delivered" if error is None else f"webhook attempt failed: {error}"
+        record_event(session, job_id, "log", {"message": message[:2000], "webhook": status})

@@ -16,10 +16,13 @@ from sqlalchemy.orm import Session
 
 from api.db import Database
 from api.errors import APIError, not_found
+from api.labels import with_labels
 from api.lifecycle import INITIAL, EventKind, JobStatus, record_event, transition
 from api.models import Artifact, Dataset, Job, JobEvent, Report, Tenant, new_id, utcnow
 from api.pagination import decode_id_cursor, encode_cursor, newest_first_page
+from api.services.job_runs import dispatch_webhooks
 from api.services.tenancy import owned_or_404
+from api.signing import new_secret
 
 log = logging.getLogger("td3.jobs")
 
@@ -58,8 +61,11 @@ def create(
     body: dict[str, Any],
     idempotency_key: str | None,
     enqueue: Callable[[str], None],
+    labels: dict[str, str] | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, bool]:
-    """Returns (job, created). The task is enqueued only after the row is committed."""
+    """Returns (job, created). The task is enqueued only after the row is committed.
+    A webhook gets its own signing secret (`job.webhook_secret`)."""
     body_hash = request_hash(body)
     job = Job(
         id=new_id("job"),
@@ -73,6 +79,10 @@ def create(
         request_hash=body_hash,
         created_at=utcnow(),
         updated_at=utcnow(),
+        labels=labels or {},
+        webhook_url=webhook_url,
+        webhook_secret=new_secret() if webhook_url else None,
+        webhook_attempts=0,
     )
     try:
         with db.transaction() as session:
@@ -124,8 +134,9 @@ def list_(
     cursor: str | None,
     status: JobStatus | None,
     dataset_id: str | None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[Job], str | None]:
-    query = select(Job).where(Job.tenant_id == tenant.id)
+    query = with_labels(select(Job).where(Job.tenant_id == tenant.id), Job.labels, labels or {})
     if status:
         query = query.where(Job.status == status)
     if dataset_id:
@@ -162,9 +173,12 @@ def events(
     return rows, next_cursor
 
 
-def cancel(db: Database, tenant: Tenant, job_id: str) -> Job:
-    """queued -> cancelled at once; running -> cancelling (the worker finishes it).
-    Cancelling a cancelled or cancelling job again changes nothing; a finished one is 409."""
+def cancel(
+    db: Database, tenant: Tenant, job_id: str, *, enqueue_webhook: Callable[[str], None]
+) -> Job:
+    """queued -> cancelled at once (its webhook is sent); running -> cancelling (the
+    worker finishes it). Cancelling a cancelled or cancelling job again changes nothing;
+    a finished one is 409."""
     with db.transaction() as session:
         owned_or_404(session, Job, job_id, tenant)
         moved = transition(
@@ -187,6 +201,10 @@ def cancel(db: Database, tenant: Tenant, job_id: str) -> Job:
             current = session.scalar(select(Job.status).where(Job.id == job_id))
             if current in (JobStatus.SUCCEEDED, JobStatus.FAILED):
                 raise APIError(409, "job_finished", f"job {job_id!r} already {current}")
+    try:
+        dispatch_webhooks(db, enqueue_webhook, job_id=job_id)
+    except Exception:  # the cancel stands; the next dispatch sends the webhook
+        log.exception("could not enqueue the webhook of job %s", job_id)
     return get(db, tenant, job_id)
 
 
