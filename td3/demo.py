@@ -7,7 +7,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -17,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.lifecycle import TERMINAL, JobStatus
 from api.settings import Settings
+from td3.client import Client, Event, TD3Error, WaitTimeout
 from td3.tables import evaluation_markdown
 
 
@@ -65,8 +64,6 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import httpx
-
     settings = Settings()
     server: subprocess.Popen[bytes] | None = None
     url = args.url
@@ -96,122 +93,78 @@ def run_demo(args: argparse.Namespace) -> int:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        client = httpx.Client(base_url=url, timeout=60)
-        deadline = time.monotonic() + args.start_timeout
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server is not None and server.poll() is not None:
-                _say(f"error: the service exited (code {server.returncode}); see {log_path}")
-                return 1
-            if time.monotonic() > deadline:
-                _say(f"error: the service at {url} is not ready; see {log_path}")
-                return 1
-            time.sleep(0.3)
+        key = args.key or os.environ.get("TD3_API_KEY")
+        with Client(url, key or "", timeout=60) as probe:
+            deadline = time.monotonic() + args.start_timeout
+            while not probe.ready():
+                if server is not None and server.poll() is not None:
+                    _say(f"error: the service exited (code {server.returncode}); see {log_path}")
+                    return 1
+                if time.monotonic() > deadline:
+                    _say(f"error: the service at {url} is not ready; see {log_path}")
+                    return 1
+                time.sleep(0.3)
         _say("service ready")
 
-        key = args.key or os.environ.get("TD3_API_KEY")
         if not key:
             from api.db import Database
             from api.services.auth import create_key
 
             _tenant, key = create_key(Database(settings.database_url), args.tenant)
             _say(f"created an API key for tenant {args.tenant!r}")
-        headers = {"Authorization": f"Bearer {key}"}
-
-        from td3core.data.synthetic import generate_interactions, write_interactions_csv
-
-        with tempfile.TemporaryDirectory(prefix="td3-demo-") as tmp:
-            path = Path(tmp) / "synthetic.csv"
-            inter = generate_interactions(args.data_users, args.data_items, args.data_length, 0)
-            write_interactions_csv(inter, path)
-            _say(f"generated {len(inter)} synthetic interactions -> uploading")
-            with path.open("rb") as f:
-                r = client.post(
-                    "/v1/datasets",
-                    params={"filename": "synthetic.csv"},
-                    content=f,
-                    headers={**headers, "Content-Type": "text/csv"},
-                )
-        if r.status_code != 201:
-            _say(f"error: upload failed: {r.status_code} {r.text}")
-            return 1
-        ds = r.json()
-        _say(f"dataset {ds['id']}: {json.dumps(ds['statistics'])}")
-
-        body = {"dataset_id": ds["id"], "config": demo_config(args)}
-        r = client.post(
-            "/v1/jobs", json=body, headers={**headers, "Idempotency-Key": secrets.token_hex(8)}
-        )
-        if r.status_code not in (200, 202):
-            _say(f"error: job submission failed: {r.status_code} {r.text}")
-            return 1
-        job = r.json()
-        deadline = time.monotonic() + args.timeout
-
-        # Follow the job's event log: every recorded status change and progress entry
-        # is shown once, however fast the job runs between two polls.
-        cursor: str | None = None
-        finished = False
-        while True:
-            params: dict[str, str | int] = {"limit": 200}
-            if cursor:
-                params["cursor"] = cursor
-            page = client.get(f"/v1/jobs/{job['id']}/events", params=params, headers=headers).json()
-            for event in page["items"]:
-                if event["kind"] == "progress":
-                    _say(_fmt_progress(event["data"]))
-                elif event["kind"] == "status":
-                    _say(f"job {job['id']} {event['data']['status']}")
-            cursor = page["next_cursor"] or cursor
-            if page["items"]:
-                continue
-            if finished:  # the log is drained up to the terminal status
-                break
-            job = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
-            if job["status"] in TERMINAL:
-                finished = True
-                continue
-            if time.monotonic() > deadline:
-                _say(f"error: job still {job['status']} after {args.timeout}s")
-                return 1
-            time.sleep(args.poll)
-        if job["status"] != JobStatus.SUCCEEDED:
-            _say(f"error: job {job['status']}: {json.dumps(job.get('error'))}")
-            return 1
-        t = job["timings"]
-        _say(f"job succeeded in {t['run_seconds']}s (attempts {job['attempts']})")
-
-        r = client.get(f"/v1/jobs/{job['id']}/summary", headers=headers)
-        if r.status_code != 200:
-            _say(f"error: summary download failed: {r.status_code} {r.text}")
-            return 1
-        out = Path(args.out or settings.home / f"{job['id']}-summary.safetensors")
-        out.write_bytes(r.content)
-        digest = hashlib.sha256(r.content).hexdigest()
-        if digest != r.headers.get("x-content-sha256"):
-            _say(
-                f"error: sha256 mismatch: got {digest}, header {r.headers.get('x-content-sha256')}"
-            )
-            return 1
-        _say(f"summary: {out} ({len(r.content)} bytes, sha256 {digest} verified)")
-        r = client.get(f"/v1/jobs/{job['id']}/report", headers=headers)
-        if r.status_code != 200:
-            _say(f"error: report failed: {r.status_code} {r.text}")
-            return 1
-        report = r.json()
-        _say("report:")
-        _say(json.dumps(report, indent=2))
-        _say("\nevaluation on the test split (percent; same split and negatives for every row):")
-        _say(evaluation_markdown(report["evaluation"]))
-        return 0
+        with Client(url, key, timeout=60) as client:
+            return _run(client, args, settings)
+    except TD3Error as exc:
+        _say(f"error: {exc}")
+        return 1
     finally:
         if server is not None:
             _say("stopping the service")
             _stop(server)
+
+
+def _run(client: Client, args: argparse.Namespace, settings: Settings) -> int:
+    """Upload, distil, follow, download, report: the loop a pipeline runs."""
+    from td3core.data.synthetic import generate_interactions, write_interactions_csv
+
+    with tempfile.TemporaryDirectory(prefix="td3-demo-") as tmp:
+        path = Path(tmp) / "synthetic.csv"
+        inter = generate_interactions(args.data_users, args.data_items, args.data_length, 0)
+        write_interactions_csv(inter, path)
+        _say(f"generated {len(inter)} synthetic interactions -> uploading")
+        ds = client.upload(path, labels={"source": "td3-demo"})
+    _say(f"dataset {ds.id}: {json.dumps(ds.statistics)}")
+
+    job = client.create_job(ds.id, demo_config(args), labels={"source": "td3-demo"})
+
+    def show(event: Event) -> None:
+        # every recorded status change and progress entry, once, however fast the job runs
+        if event.kind == "progress":
+            _say(_fmt_progress(event.data))
+        elif event.kind == "status":
+            _say(f"job {job.id} {event.data['status']}")
+
+    try:
+        job = client.wait(job.id, timeout=args.timeout, poll=args.poll, on_event=show)
+    except WaitTimeout as exc:
+        _say(f"error: job still {exc.job.status} after {args.timeout}s")
+        return 1
+    if job.status != "succeeded":
+        _say(f"error: job {job.status}: {job.error.model_dump_json() if job.error else ''}")
+        return 1
+    _say(f"job succeeded in {job.timings['run_seconds']}s (attempts {job.attempts})")
+
+    out = client.download_summary(
+        job.id, Path(args.out or settings.home / f"{job.id}-summary.safetensors")
+    )
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    _say(f"summary: {out} ({out.stat().st_size} bytes, sha256 {digest} verified)")
+    report = client.report(job.id)
+    _say("report:")
+    _say(report.model_dump_json(indent=2))
+    _say("\nevaluation on the test split (percent; same split and negatives for every row):")
+    _say(evaluation_markdown(report.evaluation))
+    return 0
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
