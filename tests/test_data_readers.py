@@ -236,7 +236,7 @@ def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_interactions(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="invalid reader options: fmt"):
-        read_interactions_bytes(b"x", fmt="parquet")  # type: ignore[arg-type]
+        read_interactions_bytes(b"x", fmt="xlsx")  # type: ignore[arg-type]
 
 
 def test_auto_refuses_a_headerless_file_it_cannot_place():

@@ -12,9 +12,12 @@ items get 1..n_items (0 is padding), users 0..n_users-1.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from td3core.data.types import Interactions, SequenceDataset
@@ -45,10 +48,10 @@ def build_dataset(inter: Interactions, config: PreprocessConfig | None = None) -
     n_raw = len(inter)
     if n_raw == 0:
         raise DataError("no interactions to build a dataset from", file=inter.source or None)
-    user_codes, user_names = _factorize(inter.users)
-    item_codes, item_names = _factorize(inter.items)
+    user_codes, user_names = _factorize(inter.user_column)
+    item_codes, item_names = _factorize(inter.item_column)
     times = np.asarray(inter.timestamps, dtype=np.float64)
-    if times.shape != (n_raw,) or len(inter.items) != n_raw:
+    if times.shape != (n_raw,) or len(inter.item_column) != n_raw:
         raise DataError("users, items and timestamps differ in length", file=inter.source or None)
 
     keep = np.ones(n_raw, dtype=bool)
@@ -60,37 +63,43 @@ def build_dataset(inter: Interactions, config: PreprocessConfig | None = None) -
         keep &= np.asarray(inter.ratings) >= config.min_rating
     dropped_by_rating = int(n_raw - keep.sum())
 
-    # Chronological per user; the row index as last key keeps ties in file order.
-    rows = np.lexsort((np.arange(n_raw), times, user_codes))
+    # Chronological per user, ties in file order (Arrow's sort is stable and much
+    # faster than np.lexsort). User codes follow the sorted original ids, so this is
+    # also the final order of the users; from here on only masks keep or drop rows.
+    rows = pc.sort_indices(
+        pa.table({"user": user_codes, "time": times}),
+        sort_keys=[("user", "ascending"), ("time", "ascending")],
+    ).to_numpy()
     rows = rows[keep[rows]]
+    users, items = user_codes[rows], item_codes[rows]
+    del rows
 
-    before = len(rows)
+    before = len(users)
     if config.dedup != "none":
-        pairs = user_codes[rows] * len(item_names) + item_codes[rows]
+        pairs = users * len(item_names) + items
         if config.dedup == "keep-first":
             _, first = np.unique(pairs, return_index=True)
         else:  # keep-last: the first occurrence in reversed order
             _, first = np.unique(pairs[::-1], return_index=True)
-            first = len(rows) - 1 - first
-        rows = rows[np.sort(first)]
-    dropped_duplicates = before - len(rows)
+            first = len(pairs) - 1 - first
+        chosen = np.sort(first)
+        users, items = users[chosen], items[chosen]
+    dropped_duplicates = before - len(users)
 
-    before = len(rows)
+    before = len(users)
     rounds = 0
     if config.kcore != "none":
         while True:
             rounds += 1
-            item_count = np.bincount(item_codes[rows], minlength=len(item_names))
-            user_count = np.bincount(user_codes[rows], minlength=len(user_names))
-            ok = (item_count[item_codes[rows]] >= config.min_item) & (
-                user_count[user_codes[rows]] >= config.min_user
-            )
-            rows = rows[ok]
+            item_count = np.bincount(items, minlength=len(item_names))
+            user_count = np.bincount(users, minlength=len(user_names))
+            ok = (item_count[items] >= config.min_item) & (user_count[users] >= config.min_user)
+            users, items = users[ok], items[ok]
             if config.kcore == "one-pass" or ok.all():
                 break
-    dropped_by_kcore = before - len(rows)
+    dropped_by_kcore = before - len(users)
     where = inter.source or None
-    if len(rows) == 0:
+    if len(users) == 0:
         raise DataError(
             f"no interactions left after filtering (min_rating={config.min_rating}, "
             f"kcore={config.kcore}, min_user={config.min_user}, min_item={config.min_item}); "
@@ -98,43 +107,39 @@ def build_dataset(inter: Interactions, config: PreprocessConfig | None = None) -
             file=where,
         )
 
-    user_count = np.bincount(user_codes[rows], minlength=len(user_names))
-    short = user_count[user_codes[rows]] < MIN_SEQUENCE
+    user_count = np.bincount(users, minlength=len(user_names))
+    short = user_count[users] < MIN_SEQUENCE
     dropped_short_users = int(((user_count > 0) & (user_count < MIN_SEQUENCE)).sum())
     dropped_short_interactions = int(short.sum())
-    rows = rows[~short]
-    if len(rows) == 0:
+    users, items = users[~short], items[~short]
+    if len(users) == 0:
         raise DataError(
             f"every user has fewer than {MIN_SEQUENCE} interactions after filtering; "
             "leave-one-out needs at least 3 per user",
             file=where,
         )
 
-    # Compact ids over what survived, in sorted order of the original ids.
-    kept_users = np.unique(user_codes[rows])
-    kept_items = np.unique(item_codes[rows])
-    user_order = kept_users[_sort_ids([user_names[c] for c in kept_users])]
-    item_order = kept_items[_sort_ids([item_names[c] for c in kept_items])]
-    new_user = np.full(len(user_names), -1, dtype=np.int64)
-    new_user[user_order] = np.arange(len(user_order))
+    # Compact ids over what survived (in code order, which is the original ids' order).
+    user_count = np.bincount(users, minlength=len(user_names))
+    kept_users = np.flatnonzero(user_count)
+    kept_items = np.flatnonzero(np.bincount(items, minlength=len(item_names)))
     new_item = np.zeros(len(item_names), dtype=np.int64)
-    new_item[item_order] = np.arange(1, len(item_order) + 1)
-
-    # Regroup by the new user ids; a stable sort keeps each user's chronological order.
-    u = new_user[user_codes[rows]]
-    order = np.argsort(u, kind="stable")
-    flat = new_item[item_codes[rows[order]]]
-    counts = np.bincount(u, minlength=len(user_order))
-    sequences = [s.copy() for s in np.split(flat, np.cumsum(counts)[:-1])]
+    new_item[kept_items] = np.arange(1, len(kept_items) + 1)
+    flat = new_item[items]
+    ends = np.cumsum(user_count[kept_users]).tolist()
+    sequences = [flat[a:b].copy() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     return SequenceDataset(
-        item_ids=[None, *(item_names[c] for c in item_order)],
-        user_ids=[user_names[c] for c in user_order],
+        item_ids=[None, *item_names.take(kept_items).to_pylist()],
+        user_ids=user_names.take(kept_users).to_pylist(),
         sequences=sequences,
         source_sha256=inter.sha256,
         preprocessing={
             **config.model_dump(),
-            "source": inter.source,
+            # the file's name only: a path says where it sat (a server's temporary
+            # folder, a home directory), not what it holds, and would make the same
+            # data give different datasets and summaries
+            "source": Path(inter.source).name,
             "format": inter.fmt,
             "id_order": "sorted original ids (numeric when all are integers)",
             "raw_interactions": n_raw,
@@ -145,25 +150,30 @@ def build_dataset(inter: Interactions, config: PreprocessConfig | None = None) -
             "dropped_short_users": dropped_short_users,
             "dropped_short_user_interactions": dropped_short_interactions,
             "interactions": int(len(flat)),
-            "users": len(user_order),
-            "items": len(item_order),
+            "users": len(kept_users),
+            "items": len(kept_items),
         },
     )
 
 
-def _factorize(values: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Codes in order of first appearance (a dict is faster than sorting strings)."""
-    index: dict[str, int] = {}
-    codes = np.fromiter(
-        (index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values)
-    )
-    return codes, list(index)
+def _factorize(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Codes (int64) and the distinct values, codes numbered in sorted order of the
+    values (see `_sort_ids`), so internal ids never depend on row order."""
+    # one chunk (large_string: no 2 GiB limit): encoding chunk by chunk rebuilds the
+    # dictionary for each chunk
+    encoded = pc.dictionary_encode(values.cast(pa.large_string()).combine_chunks())
+    order = _sort_ids(encoded.dictionary)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return codes, encoded.dictionary.take(order)
 
 
-def _sort_ids(ids: list[str]) -> np.ndarray:
-    """Argsort of ids: numerically when all are integers ("2" < "10"), else as strings."""
+def _sort_ids(ids: pa.Array) -> np.ndarray:
+    """Argsort of ids: numerically when all are integers ("2" < "10"), else as strings
+    (Arrow compares UTF-8 bytes, which orders like Python's str)."""
     try:
-        keys: list[int] | list[str] = [int(i) for i in ids]
-    except ValueError:
-        keys = ids
-    return np.asarray(sorted(range(len(ids)), key=keys.__getitem__), dtype=np.int64)
+        numbers = ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pc.array_sort_indices(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.argsort(numbers, kind="stable")

@@ -1,4 +1,4 @@
-"""The dataset type: users' chronological histories (numpy only, no torch,
+"""The dataset type: users' chronological histories (numpy and pyarrow, no torch,
 so the API can parse uploads without loading torch).
 
 Internal item ids run 1..n_items; 0 is the padding id. Internal user ids run
@@ -7,29 +7,59 @@ Internal item ids run 1..n_items; 0 is the padding id. Internal user ids run
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 
-@dataclass
 class Interactions:
     """Raw (user, item, time[, rating]) rows as read from a file, in file order.
 
-    Ids stay the original strings; `sha256` is over the file's raw bytes (before
-    any gunzip), so a dataset can name exactly what it was built from.
+    Ids stay the original strings, held as Arrow string columns (`user_column`,
+    `item_column`: about 10 bytes a row, where Python strings take 60); `users` and
+    `items` are Python lists made on request, for small data and tests. `sha256` is
+    over the file's raw bytes (before any gunzip), so a dataset can name exactly
+    what it was built from.
     """
 
-    users: list[str]
-    items: list[str]
-    timestamps: np.ndarray  # float64 [N]
-    ratings: np.ndarray | None = None  # float64 [N] when the file has a rating column
-    source: str = ""
-    sha256: str = ""
-    fmt: str = ""  # the format the reader used (after "auto" detection)
+    def __init__(
+        self,
+        users: Sequence[str] | pa.Array | pa.ChunkedArray,
+        items: Sequence[str] | pa.Array | pa.ChunkedArray,
+        timestamps: np.ndarray,  # float64 [N]
+        ratings: np.ndarray | None = None,  # float64 [N] when the file has a rating column
+        source: str = "",
+        sha256: str = "",
+        fmt: str = "",  # the format the reader used (after "auto" detection)
+    ):
+        self.user_column = _strings(users)
+        self.item_column = _strings(items)
+        self.timestamps = timestamps
+        self.ratings = ratings
+        self.source = source
+        self.sha256 = sha256
+        self.fmt = fmt
+
+    @property
+    def users(self) -> list[str]:
+        return self.user_column.to_pylist()
+
+    @property
+    def items(self) -> list[str]:
+        return self.item_column.to_pylist()
 
     def __len__(self) -> int:
-        return len(self.users)
+        return len(self.user_column)
+
+
+def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        return values
+    if isinstance(values, pa.Array):
+        return pa.chunked_array([values])
+    return pa.chunked_array([pa.array(values, pa.string())], pa.string())
 
 
 @dataclass(frozen=True)
