@@ -7,12 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from api.broker import Broker
 from api.db import Database
+from api.deps import storage_quota
 from api.errors import install_error_handlers
+from api.metrics import CountRequests, Metrics
+from api.middleware import BodyLimit, RequestId
 from api.routes import datasets, health, jobs
 from api.settings import Settings
 
@@ -43,9 +46,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
     app.state.broker = Broker(settings)
+    app.state.metrics = Metrics(app.state.db, lease_seconds=settings.lease_seconds)
+    # outermost last: the request id wraps everything, uploads keep their own limit
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        exempt=frozenset({("POST", "/v1/datasets")}),
+    )
+    app.add_middleware(CountRequests, metrics=app.state.metrics)
+    app.add_middleware(RequestId)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(datasets.router)
+    app.include_router(datasets.router, dependencies=[Depends(storage_quota)])
     app.include_router(jobs.router)
     return app
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -66,6 +67,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # "read-write" or "read-only" (api.services.auth.SCOPES); past `expires_at` a key is refused
+    scope: Mapped[str] = mapped_column(String(16), default="read-write")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Dataset(Base):
@@ -114,6 +118,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # td3core.cost.estimate_compute at submission: what the tenant's compute quota counts
+    compute_estimate: Mapped[float] = mapped_column(Float, default=0.0)
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
     # Where to POST the job once it ends, and that delivery's state (None until it is
     # handed to the queue: `api.services.job_runs.dispatch_webhooks`, `worker.webhooks`).
@@ -169,3 +175,16 @@ class Report(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A live Celery worker node: its main process rewrites `heartbeat_at` every
+    `HEARTBEAT_INTERVAL` seconds (`/readyz` and the metrics count the recent ones)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)

@@ -9,6 +9,7 @@ are the same.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,10 +40,52 @@ class Settings(BaseSettings):
         "must exceed the longest job",
     )
     lease_seconds: float = Field(
-        1800,
+        30,
         gt=0,
-        description="a job on another machine with no progress for this long "
-        "counts as abandoned (on the same machine the worker's pid is checked instead)",
+        description="a worker or job runner whose heartbeat is older than this is dead: its "
+        "jobs are requeued and /readyz stops counting it (on the same machine a dead "
+        "runner's pid is noticed sooner)",
+    )
+    heartbeat_interval: float = Field(
+        5, gt=0, description="seconds between heartbeats of workers and job runners"
+    )
+    sweep_interval: float = Field(
+        10, gt=0, description="seconds between each worker's sweeps for orphaned jobs"
+    )
+    readiness_workers: int = Field(
+        1, ge=0, description="live workers /readyz needs (0: the API is ready without any)"
+    )
+    fair_scheduling: bool = Field(
+        True,
+        description="a delivered job yields its turn to the queued job of the tenant with "
+        "the fewest running jobs (least recently served first)",
+    )
+    job_time_limit: float = Field(
+        24 * 3600,
+        ge=0,
+        description="seconds since a job first started before it fails with `timeout` (0: none)",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="size limit of a JSON request body (uploads: above)"
+    )
+    tenant_max_active_jobs: int = Field(
+        20, ge=0, description="queued + running jobs per tenant (0: no limit)"
+    )
+    tenant_max_stored_bytes: int = Field(
+        10 * 1024**3,
+        ge=0,
+        description="bytes of datasets, summaries and checkpoints per tenant (0: no limit)",
+    )
+    job_max_compute: float = Field(
+        1e6, ge=0, description="compute units (td3core.cost) one job may need (0: no limit)"
+    )
+    tenant_max_compute: float = Field(
+        1e7,
+        ge=0,
+        description="compute units of a tenant's queued, running and succeeded jobs (0: no limit)",
+    )
+    metrics_token: str = Field(
+        "", description="if set, /metrics needs `Authorization: Bearer <token>`"
     )
     webhook_max_attempts: int = Field(
         8, ge=1, le=50, description="deliveries of a job's webhook before it is marked failed"
@@ -82,11 +125,19 @@ class Settings(BaseSettings):
         return self.home / "broker"
 
     def ensure_dirs(self) -> None:
+        """The state directory and the broker folders, private to this user (mode 700:
+        they hold every tenant's data), and the embedded database file (600)."""
         if self.is_sqlite or self.broker_is_filesystem:
-            self.home.mkdir(parents=True, exist_ok=True)
+            _private_dir(self.home)
         if self.broker_is_filesystem:
+            _private_dir(self.broker_folder)
             for sub in ("queue", "processed", "control"):
-                (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
+                _private_dir(self.broker_folder / sub)
+        if self.database_url == f"sqlite:///{self.home / 'td3.db'}":
+            # created here, 600, before SQLite does (its -wal and -shm files copy the mode)
+            database = self.home / "td3.db"
+            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+            database.chmod(0o600)
 
     def child_env(self) -> dict[str, str]:
         """Environment that makes a child process (worker, server) see these settings:
@@ -95,6 +146,17 @@ class Settings(BaseSettings):
         return {
             f"{prefix}{name}".upper(): str(getattr(self, name)) for name in type(self).model_fields
         }
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask and ignored for existing folders
+
+
+def private_umask() -> None:
+    """Files this process creates from now on are readable by its user only (the
+    SQLite database, its journal, the broker's message files)."""
+    os.umask(0o077)
 
 
 @lru_cache(maxsize=1)

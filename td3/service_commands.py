@@ -6,11 +6,14 @@ module load (and torch never in the API process)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from api.db import Database
+    from api.services.auth import KeyInfo
     from api.settings import Settings
 
 
@@ -27,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes (concurrent jobs; one per GPU)",
+        help="worker processes, each running one job at a time; on a multi-GPU host "
+        "worker i sees GPU i only (CUDA_VISIBLE_DEVICES)",
     )
     p.add_argument(
         "--no-worker",
@@ -35,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="API only (run `celery -A worker.celery_app worker` elsewhere)",
     )
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="json: one object per line with request, job and tenant ids",
+    )
     p.set_defaults(func=_serve)
 
     admin = subparsers.add_parser("admin", help="administer the service state")
@@ -44,7 +54,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="new API key for a tenant (created if new); the key is printed alone on the last line",
     )
     ck.add_argument("--tenant", required=True)
+    ck.add_argument(
+        "--scope",
+        choices=("read-write", "read-only"),
+        default="read-write",
+        help="read-only keys get 403 on every write",
+    )
+    ck.add_argument("--expires-in", type=_duration, metavar="DURATION", help="e.g. 90d, 12h, 30m")
     ck.set_defaults(func=_create_key)
+    lk = sub.add_parser("list-keys", help="keys (id, prefix, tenant, scope, state), never the keys")
+    lk.add_argument("--tenant", help="only this tenant's keys")
+    lk.set_defaults(func=_list_keys)
+    rk = sub.add_parser("revoke-key", help="revoke a key at once, by its id or prefix")
+    rk.add_argument("key", metavar="ID_OR_PREFIX")
+    rk.set_defaults(func=_revoke_key)
+    ek = sub.add_parser("expire-key", help="make a key stop working now or after a while")
+    ek.add_argument("key", metavar="ID_OR_PREFIX")
+    ek.add_argument("--in", dest="expires_in", type=_duration, default=timedelta(0))
+    ek.set_defaults(func=_expire_key)
+    es = sub.add_parser(
+        "estimate",
+        help="the compute units a job config needs on a dataset of this size (what the "
+        "compute quotas count; see docs/SERVICE.md)",
+    )
+    es.add_argument("config", help="the job config as JSON (the API's flat `config` object)")
+    es.add_argument("--items", type=int, required=True)
+    es.add_argument("--interactions", type=int, required=True)
+    es.set_defaults(func=_estimate)
     mg = sub.add_parser("migrate", help="apply the database migrations")
     mg.set_defaults(func=_migrate)
     lt = sub.add_parser("list-tenants", help="tenants and their number of keys")
@@ -85,21 +121,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings() -> Settings:
-    from api.settings import Settings
+    """The settings; files this command creates in $TD3_HOME are private (600)."""
+    from api.settings import Settings, private_umask
 
+    private_umask()
     return Settings()
 
 
-def _logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m`, `45s` -> a timedelta (for argparse)."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: use a whole number and d, h, m or s (90d)")
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from api.logs import configure
     from td3.serve import serve
 
-    _logging(args.log_level)
+    configure(args.log_level, json_lines=args.log_format == "json")
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return 2
@@ -123,14 +165,14 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_key(args: argparse.Namespace) -> int:
-    from api import migrate
-    from api.db import Database
+    from api.models import utcnow
     from api.services.auth import create_key
 
-    settings = _settings()
-    migrate.upgrade(settings)
+    expires_at = utcnow() + args.expires_in if args.expires_in else None
     try:
-        tenant, key = create_key(Database(settings.database_url), args.tenant)
+        tenant, key = create_key(
+            _migrated_db(), args.tenant, scope=args.scope, expires_at=expires_at
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,14 +182,78 @@ def _create_key(args: argparse.Namespace) -> int:
 
 
 def _list_tenants(args: argparse.Namespace) -> int:
+    from api.services.auth import list_tenants
+
+    for tenant, keys in list_tenants(_migrated_db()):
+        print(f"{tenant.id}\t{tenant.name}\t{keys} key(s)")
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    from api.models import utcnow
+    from api.services.auth import list_keys
+
+    now = utcnow()
+    print("id\tprefix\ttenant\tscope\tstate\tcreated\texpires")
+    for k in list_keys(_migrated_db(), args.tenant):
+        expires = k.expires_at.isoformat(timespec="seconds") if k.expires_at else "-"
+        created = k.created_at.isoformat(timespec="seconds")
+        print(f"{k.id}\t{k.prefix}\t{k.tenant}\t{k.scope}\t{k.state(now)}\t{created}\t{expires}")
+    return 0
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    from api.services.auth import revoke_key
+
+    return _report_key_change(lambda db: revoke_key(db, args.key))
+
+
+def _expire_key(args: argparse.Namespace) -> int:
+    from api.models import utcnow
+    from api.services.auth import expire_key
+
+    return _report_key_change(lambda db: expire_key(db, args.key, utcnow() + args.expires_in))
+
+
+def _report_key_change(change: Callable[[Database], KeyInfo]) -> int:
+    from api.models import utcnow
+
+    try:
+        key = change(_migrated_db())
+    except LookupError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "never"
+    print(
+        f"key {key.id} ({key.prefix}..., tenant {key.tenant}): {key.state(utcnow())}, "
+        f"expires {expires}"
+    )
+    return 0
+
+
+def _migrated_db() -> Database:
     from api import migrate
     from api.db import Database
-    from api.services.auth import list_tenants
 
     settings = _settings()
     migrate.upgrade(settings)
-    for tenant, keys in list_tenants(Database(settings.database_url)):
-        print(f"{tenant.id}\t{tenant.name}\t{keys} key(s)")
+    return Database(settings.database_url)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from api.errors import APIError
+    from api.schemas import build_job_config
+    from td3core.cost import estimate_compute
+
+    try:
+        config = build_job_config(json.loads(args.config))
+    except (ValueError, APIError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    units = estimate_compute(config, items=args.items, interactions=args.interactions)
+    print(f"{units:.6g} compute units (billions of item scores)")
     return 0
 
 

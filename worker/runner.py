@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from api.broker import Broker
 from api.db import Database
 from api.lifecycle import JobStatus
-from api.services import job_runs
+from api.logs import bind
+from api.models import utcnow
+from api.services import job_runs, scheduling
 from api.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -32,7 +39,9 @@ def _database(settings: Settings) -> Database:
 class DbHooks:
     """`td3core.pipeline.JobHooks` backed by the database."""
 
-    def __init__(self, db: Database, job_id: str, settings: Settings):
+    def __init__(
+        self, db: Database, job_id: str, settings: Settings, *, deadline: datetime | None = None
+    ):
         self.db = db
         self.job_id = job_id
         self.checkpoint_every = settings.checkpoint_every
@@ -40,6 +49,8 @@ class DbHooks:
         self._last_event = 0.0
         self._last_stage: str | None = None
         self.checkpoints = 0
+        self.deadline = deadline
+        self.timed_out = False
 
     def on_progress(self, progress: Progress) -> None:
         data = {
@@ -51,6 +62,9 @@ class DbHooks:
             "eta_seconds": None if progress.eta_seconds is None else float(progress.eta_seconds),
             "message": progress.message or "",
         }
+        gpu_memory = _gpu_memory_bytes()
+        if gpu_memory is not None:
+            data["gpu_memory_bytes"] = gpu_memory  # read by the API's metrics
         now = time.monotonic()
         event = (
             progress.stage != self._last_stage
@@ -63,11 +77,52 @@ class DbHooks:
         job_runs.record_progress(self.db, self.job_id, data, event=event)
 
     def should_cancel(self) -> bool:
+        """Stop when cancelled, or past the job's time limit (`timed_out`); the last
+        checkpoint (at most CHECKPOINT_EVERY outer steps old) stays stored."""
+        if self.deadline is not None and utcnow() >= self.deadline:
+            self.timed_out = True
+            return True
         return job_runs.cancel_requested(self.db, self.job_id)
 
     def save_checkpoint(self, blob: bytes) -> None:
         job_runs.save_checkpoint(self.db, self.job_id, bytes(blob))
         self.checkpoints += 1
+
+
+def _gpu_memory_bytes() -> int | None:
+    """Peak CUDA memory of this process, if it has used CUDA (torch is loaded by then)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+@contextmanager
+def job_lease(db: Database, job_id: str, *, interval: float) -> Iterator[None]:
+    """Renew this process's lease on the job every `interval` seconds while the block
+    runs (a thread: the job's own loop may sit in one long step), so a sweep on any
+    machine can tell a live runner from a dead one (`job_runs.runner_gone`)."""
+    stop = threading.Event()
+    pid = os.getpid()
+
+    def renew() -> None:
+        with bind(job_id=job_id):
+            while not stop.wait(interval):
+                try:
+                    if not job_runs.heartbeat(db, job_id, pid=pid):
+                        return  # no longer ours (ended, or claimed by another runner)
+                except Exception:  # noqa: BLE001 - a database blip must not end the job
+                    log.warning("job %s: lease renewal failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval)
 
 
 def _device(settings: Settings) -> str:
@@ -99,9 +154,30 @@ def json_safe(value: Any) -> Any:
 
 
 def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | None = None) -> str:
-    """Returns the reason the job ended here (for logs and tests)."""
+    """Returns the reason the job ended here (for logs and tests). With fair
+    scheduling, the delivery may start another tenant's queued job instead and send
+    `job_id`'s message again (`api.services.scheduling`)."""
     settings = settings or get_settings()
     db = _database(settings)
+    if settings.fair_scheduling:
+        picked = scheduling.fair_pick(db, job_id)
+        if picked != job_id:
+            _enqueue_again(settings, job_id)
+            log.info("job %s yields its turn to job %s (fair scheduling)", job_id, picked)
+            job_id = picked
+    with bind(job_id=job_id):
+        return _run(db, job_id, worker=worker, settings=settings)
+
+
+def _enqueue_again(settings: Settings, job_id: str) -> None:
+    broker = Broker(settings)
+    try:
+        broker.enqueue_distill(job_id)
+    finally:
+        broker.close()
+
+
+def _run(db: Database, job_id: str, *, worker: str, settings: Settings) -> str:
     start = job_runs.begin_attempt(
         db,
         job_id,
@@ -119,7 +195,23 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
         start.attempts,
         " (resuming from checkpoint)" if start.checkpoint else "",
     )
+    deadline = (
+        start.started_at + timedelta(seconds=settings.job_time_limit)
+        if settings.job_time_limit and start.started_at is not None
+        else None
+    )
+    with job_lease(db, job_id, interval=settings.heartbeat_interval):
+        return _run_claimed(db, job_id, start, settings=settings, deadline=deadline)
 
+
+def _run_claimed(
+    db: Database,
+    job_id: str,
+    start: job_runs.Claimed,
+    *,
+    settings: Settings,
+    deadline: datetime | None,
+) -> str:
     # The library (and torch) load here, in the process that runs the job, never in
     # the worker's parent before it forks.
     from td3core import pipeline
@@ -127,14 +219,24 @@ def run_job_by_id(job_id: str, *, worker: str = "worker", settings: Settings | N
     from td3core.data.storage import dataset_from_bytes
     from td3core.errors import Cancelled, ConfigError, DataError, TD3Error
 
+    hooks = DbHooks(db, job_id, settings, deadline=deadline)
     try:
         config = JobConfig.model_validate(start.config)
         dataset = dataset_from_bytes(start.dataset)
-        hooks = DbHooks(db, job_id, settings)
         result = pipeline.run_job(
             dataset, config, hooks, device=_device(settings), resume_from=start.checkpoint
         )
     except Cancelled:
+        if hooks.timed_out:
+            job_runs.finish(
+                db,
+                job_id,
+                JobStatus.FAILED,
+                code="timeout",
+                message=f"the job ran past its time limit of {settings.job_time_limit:g} s "
+                "(JOB_TIME_LIMIT); its last checkpoint is kept",
+            )
+            return "timeout"
         job_runs.finish(
             db, job_id, JobStatus.CANCELLED, code="cancelled", message="cancelled by the client"
         )

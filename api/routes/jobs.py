@@ -24,6 +24,7 @@ from api.schemas import (
     build_job_config,
 )
 from api.services import jobs as service
+from api.services.quotas import Quotas
 from td3core.errors import DataError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))
@@ -58,6 +59,7 @@ def create_job(
     tenant: TenantDep,
     db: DatabaseDep,
     broker: BrokerDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -75,6 +77,7 @@ def create_job(
         enqueue=broker.enqueue_distill,
         labels=body.labels,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        quotas=Quotas.from_settings(settings),
     )
     response.status_code = 202 if created else 200
     return JobOut.from_row(job).model_copy(update={"webhook_secret": job.webhook_secret})

@@ -27,6 +27,7 @@ class Claimed:
     config: dict[str, Any]
     dataset: bytes
     checkpoint: bytes | None
+    started_at: datetime | None = None  # when the job's first attempt began (its time limit)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,13 @@ class Dropped:
 def runner_gone(job: Job, *, lease_seconds: float, now: datetime | None = None) -> bool:
     """Whether the process that last ran `job` can no longer be running it.
 
-    On this machine the answer is exact (is that pid alive?); for a runner on another
-    machine it is a lease: no progress written for `lease_seconds`."""
+    A lease, wherever the runner is: it renews `updated_at` (`heartbeat`) every few
+    seconds, so a row older than `lease_seconds` has lost its runner (a pid reused in a
+    restarted container cannot keep a dead job alive). On this machine a dead pid is
+    noticed at once."""
     if job.worker is None or job.worker_pid is None:
+        return True
+    if ((now or utcnow()) - job.updated_at).total_seconds() > lease_seconds:
         return True
     if worker_host(job.worker) == socket.gethostname():
         try:
@@ -50,9 +55,7 @@ def runner_gone(job: Job, *, lease_seconds: float, now: datetime | None = None) 
             return True
         except PermissionError:  # alive, owned by another user
             return False
-        return False
-    age = ((now or utcnow()) - job.updated_at).total_seconds()
-    return age > lease_seconds
+    return False
 
 
 def worker_host(worker: str) -> str:
@@ -131,7 +134,13 @@ def begin_attempt(
         ckpt = session.scalar(select(Checkpoint.content).where(Checkpoint.job_id == job_id))
         if ckpt is not None:
             record_event(session, job_id, "log", {"message": "resuming from the last checkpoint"})
-        return Claimed(attempts=attempts, config=job.config, dataset=dataset, checkpoint=ckpt)
+        return Claimed(
+            attempts=attempts,
+            config=job.config,
+            dataset=dataset,
+            checkpoint=ckpt,
+            started_at=job.started_at or now,
+        )
 
 
 def record_progress(db: Database, job_id: str, progress: dict[str, Any], *, event: bool) -> None:
@@ -145,6 +154,18 @@ def record_progress(db: Database, job_id: str, progress: dict[str, Any], *, even
         )
         if event:
             record_event(session, job_id, "progress", progress)
+
+
+def heartbeat(db: Database, job_id: str, *, pid: int) -> bool:
+    """The runner `pid` renews its lease on the job (see `runner_gone`); False once
+    the job is no longer its to run."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_pid == pid, Job.status.in_(HELD_BY_RUNNER))
+            .values(updated_at=utcnow())
+        )
+        return cast(CursorResult[Any], result).rowcount == 1
 
 
 def cancel_requested(db: Database, job_id: str) -> bool:
@@ -228,28 +249,38 @@ def finish(db: Database, job_id: str, status: JobStatus, *, code: str, message: 
 
 
 def requeue_orphans(
-    db: Database, enqueue: Callable[[str], None], *, lease_seconds: float
+    db: Database, enqueue: Callable[[str], None], *, lease_seconds: float, queued: bool = True
 ) -> list[str]:
-    """Send every orphaned job to the queue again; returns their ids."""
-    ids = orphaned_jobs(db, lease_seconds=lease_seconds)
+    """Send every orphaned job to the queue again; returns their ids. `queued=False`
+    is the periodic sweep (see `orphaned_jobs`)."""
+    ids = orphaned_jobs(db, lease_seconds=lease_seconds, queued=queued)
     for job_id in ids:
         enqueue(job_id)
         with db.transaction() as session:
+            # enqueued_at (not updated_at: that is the runner's lease) marks the requeue
+            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
             record_event(session, job_id, "log", {"message": "re-enqueued: no live worker held it"})
     return ids
 
 
-def orphaned_jobs(db: Database, *, lease_seconds: float) -> list[str]:
+def orphaned_jobs(db: Database, *, lease_seconds: float, queued: bool = True) -> list[str]:
     """Jobs that no live worker will finish: running ones whose runner is gone, and
-    queued ones (their message may have been lost with a killed worker; a duplicate
-    delivery is dropped by `begin_attempt`). Cancelling ones whose runner is gone end
-    as cancelled here."""
+    (`queued`) queued ones (their message may have been lost with a killed worker; a
+    duplicate delivery is dropped by `begin_attempt`). Cancelling ones whose runner is
+    gone end as cancelled here.
+
+    The periodic sweep passes `queued=False`: a queued job's message is lost only with
+    a worker that died, and `td3 serve` requeues them whenever it (re)starts one (the
+    admin command too); it also skips a job
+    already requeued since its runner's last heartbeat (its message is waiting for a
+    free worker), so a long backlog does not fill the queue with copies."""
     with db.transaction() as session:
         jobs = session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
         requeue = []
         for job in jobs:
             if job.status == JobStatus.QUEUED:
-                requeue.append(job.id)
+                if queued:
+                    requeue.append(job.id)
             elif runner_gone(job, lease_seconds=lease_seconds):
                 if job.status == JobStatus.CANCELLING:
                     transition(
@@ -260,7 +291,7 @@ def orphaned_jobs(db: Database, *, lease_seconds: float) -> list[str]:
                         error_code="cancelled",
                         error_message="cancelled by the client",
                     )
-                else:
+                elif queued or job.enqueued_at is None or job.enqueued_at < job.updated_at:
                     requeue.append(job.id)
         return requeue
 

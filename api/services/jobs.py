@@ -21,6 +21,7 @@ from api.lifecycle import INITIAL, EventKind, JobStatus, record_event, transitio
 from api.models import Artifact, Dataset, Job, JobEvent, Report, Tenant, new_id, utcnow
 from api.pagination import decode_id_cursor, encode_cursor, newest_first_page
 from api.services.job_runs import dispatch_webhooks
+from api.services.quotas import Quotas
 from api.services.tenancy import owned_or_404
 from api.signing import new_secret
 
@@ -63,9 +64,11 @@ def create(
     enqueue: Callable[[str], None],
     labels: dict[str, str] | None = None,
     webhook_url: str | None = None,
+    quotas: Quotas | None = None,
 ) -> tuple[Job, bool]:
     """Returns (job, created). The task is enqueued only after the row is committed.
-    A webhook gets its own signing secret (`job.webhook_secret`)."""
+    A webhook gets its own signing secret (`job.webhook_secret`). With `quotas`, a job
+    over the tenant's quotas is refused (429) and not stored."""
     body_hash = request_hash(body)
     job = Job(
         id=new_id("job"),
@@ -91,7 +94,9 @@ def create(
                 if existing is not None:
                     return _replay(existing, body_hash), False
             # the lock makes a concurrent delete of the dataset wait and then see this job
-            owned_or_404(session, Dataset, dataset_id, tenant, lock=True)
+            dataset = owned_or_404(session, Dataset, dataset_id, tenant, lock=True)
+            if quotas is not None:
+                job.compute_estimate = quotas.admit_job(session, tenant, config, dataset)
             session.add(job)
             session.flush()
             record_event(session, job.id, "status", {"status": INITIAL.value})
