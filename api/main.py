@@ -6,14 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
 
 from api.broker import Broker
 from api.db import Database
 from api.deps import storage_quota
-from api.errors import install_error_handlers
+from api.errors import error_body, install_error_handlers
 from api.metrics import CountRequests, Metrics
 from api.middleware import BodyLimit, RequestId
 from api.routes import datasets, health, jobs
@@ -56,9 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CountRequests, metrics=app.state.metrics)
     app.add_middleware(RequestId)
     install_error_handlers(app)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.include_router(health.router)
     app.include_router(datasets.router, dependencies=[Depends(storage_quota)])
     app.include_router(jobs.router)
+    _declare_validation_errors(app)
     return app
 
 
@@ -66,6 +71,38 @@ def operation_id(route: APIRoute) -> str:
     """The route function's name (`upload_dataset`, `create_job`, ...): what generated
     clients call their methods."""
     return route.name
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The database is down or restarting: 503 (retry), not 500 (a bug)."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        error_body("database_unavailable", "the database is unavailable; retry shortly"),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+def _declare_validation_errors(app: FastAPI) -> None:
+    """Every 422 answers the error envelope (`api.errors`): the schema says so wherever
+    FastAPI would document its default `{"detail": [...]}` body instead."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        spec = generate()  # FastAPI keeps it in app.openapi_schema: this runs once
+        if fresh:
+            envelope = {"$ref": "#/components/schemas/ErrorResponse"}
+            for operations in spec["paths"].values():
+                for operation in operations.values():
+                    invalid = operation.get("responses", {}).get("422", {})
+                    for media in invalid.get("content", {}).values():
+                        media["schema"] = envelope
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec["components"]["schemas"].pop(name, None)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _redact(url: str) -> str:
