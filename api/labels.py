@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import Field, StringConstraints
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute
@@ -29,7 +30,14 @@ Labels = Annotated[
     ),
 ]
 
-LABEL_QUERY_DESCRIPTION = "`key:value`; repeat to require several labels (all must match)"
+# `?label=key:value`, repeatable: a listing's filter (all must match)
+LabelQuery = Annotated[
+    list[str] | None,
+    Query(
+        max_length=MAX_LABELS,
+        description="`key:value`; repeat to require several labels (all must match)",
+    ),
+]
 
 
 def parse_label_filters(values: list[str] | None) -> dict[str, str]:

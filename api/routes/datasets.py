@@ -14,15 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, SettingsDep, TenantDep
 from api.errors import APIError, error_responses
-from api.labels import LABEL_QUERY_DESCRIPTION, parse_label_filters
+from api.labels import MAX_LABELS, LabelQuery, parse_label_filters
 from api.models import Dataset
 from api.schemas import DatasetList, DatasetOut, DatasetStatistics
 from api.services import datasets as service
 from td3core.data.readers import Format, ReaderOptions
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
-
-LabelQuery = Annotated[list[str] | None, Query(max_length=400, description=LABEL_QUERY_DESCRIPTION)]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -95,7 +93,7 @@ async def upload_dataset(
     min_rating: float | None = None,
     label: Annotated[
         list[str] | None,
-        Query(max_length=400, description="a label to attach, `key:value`; repeatable"),
+        Query(max_length=MAX_LABELS, description="a label to attach, `key:value`; repeatable"),
     ] = None,
 ) -> DatasetOut:
     limit = settings.max_upload_bytes

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from api.deps import BrokerDep, DatabaseDep, SettingsDep, TenantDep
 from api.errors import APIError, error_responses
-from api.labels import LABEL_QUERY_DESCRIPTION, parse_label_filters
+from api.labels import LabelQuery, parse_label_filters
 from api.lifecycle import EventKind, JobStatus
 from api.models import Artifact
 from api.schemas import (
@@ -91,9 +91,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     status: JobStatus | None = None,
     dataset_id: Annotated[str | None, Query(max_length=40)] = None,
-    label: Annotated[
-        list[str] | None, Query(max_length=400, description=LABEL_QUERY_DESCRIPTION)
-    ] = None,
+    label: LabelQuery = None,
 ) -> JobList:
     """Newest first."""
     rows, next_cursor = service.list_(
