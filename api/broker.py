@@ -15,6 +15,8 @@ from api.settings import Settings
 DISTILL_TASK = "td3.distill"
 # Delivers a finished job's webhook (on the default queue: short, network-bound).
 WEBHOOK_TASK = "td3.webhook"
+# Parses a large upload into a dataset (default queue: CPU only, no GPU needed).
+PARSE_DATASET_TASK = "td3.parse_dataset"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -73,6 +75,9 @@ class Broker:
                 "interval_max": 1.0,
             },
         )
+
+    def enqueue_parse(self, dataset_id: str) -> None:
+        self.celery.send_task(PARSE_DATASET_TASK, args=[dataset_id], retry=True)
 
     def enqueue_webhook(self, job_id: str) -> None:
         send_webhook_task(self.celery, job_id)

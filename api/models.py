@@ -90,6 +90,14 @@ class Dataset(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=dict)
+    # "processing" (a large upload waits for the worker's td3.parse_dataset), "ready"
+    # or "failed" (error_code/error_message say why); api.services.datasets
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # the raw upload and how to read it, kept only while processing
+    upload: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    upload_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Job(Base):

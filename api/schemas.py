@@ -124,9 +124,16 @@ class DatasetOut(_Out):
     size_bytes: int
     sha256: str
     preprocessing: dict[str, Any]
-    statistics: DatasetStatistics
+    statistics: DatasetStatistics | None = Field(
+        description="null until the dataset is ready"
+    )
     created_at: datetime
     labels: dict[str, str] = {}
+    status: Literal["processing", "ready", "failed"] = Field(
+        "ready",
+        description="processing: a large upload waits for a worker to parse it; jobs need ready",
+    )
+    error: ErrorOut | None = Field(None, description="why processing failed")
 
     @field_serializer("created_at")
     def _ser_time(self, value: datetime) -> str | None:

@@ -29,6 +29,22 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL; default: filesystem:// in home")
 
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="upload size limit")
+    # Limits on what an upload holds once decompressed, checked while it streams in and
+    # again while it is parsed (td3core.data.limits): a 2 MB gzip can hold 2 GiB.
+    max_decompressed_bytes: int = Field(
+        2 * 1024**3, ge=1, description="size limit of an upload once decompressed"
+    )
+    max_rows: int = Field(50_000_000, ge=1, description="rows (interactions) of an upload")
+    max_line_bytes: int = Field(1024 * 1024, ge=16, description="length limit of one line")
+    max_distinct_ids: int = Field(
+        20_000_000, ge=1, description="distinct user plus item ids of an upload"
+    )
+    inline_parse_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="uploads up to this size (decompressed) are parsed in the request; "
+        "larger ones by a worker (the dataset is `processing` until then)",
+    )
     max_attempts: int = Field(3, ge=1, le=100, description="deliveries before worker_lost")
     checkpoint_every: int = Field(1, ge=1, description="outer steps between checkpoints")
     gpu_queue: str = Field("gpu", min_length=1, description="queue of distillation tasks")

@@ -245,3 +245,36 @@ def test_reader_options_reject_bad_values():
         read_interactions_bytes(b"user_id\titem_id\ttimestamp\nu\ti\t1.5\n", "f.tsv").timestamps[0],
         1.5,
     )
+
+
+# ------------------------------------------------------------------- deterministic bytes
+def test_safetensors_bytes_load_back_and_depend_only_on_content():
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load
+
+    from td3core.serialization import read_metadata, safetensors_bytes
+
+    tensors = {"b": np.arange(5, dtype=np.int64), "a": np.ones((2, 3), dtype=np.float32)}
+    blob = safetensors_bytes(tensors, {"z": "1", "format": "x"})
+    loaded = load(blob)
+    assert np.array_equal(loaded["b"], tensors["b"]) and loaded["a"].shape == (2, 3)
+    assert read_metadata(blob) == {"format": "x", "z": "1"}
+    assert blob == safetensors_bytes(dict(reversed(tensors.items())), {"format": "x", "z": "1"})
+    with pytest.raises(TypeError):
+        safetensors_bytes({"c": np.array(["x"])}, {})
+    # another process (another hash seed) writes the same dataset bytes
+    code = (
+        "import sys, hashlib\n"
+        "from td3core.data import build_dataset, dataset_to_bytes, generate_interactions\n"
+        "ds = build_dataset(generate_interactions(40, 30, 10, 0))\n"
+        "print(hashlib.sha256(dataset_to_bytes(ds)).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(digests) == 1

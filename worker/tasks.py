@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
-from api.broker import DISTILL_TASK, WEBHOOK_TASK
+from api.broker import DISTILL_TASK, PARSE_DATASET_TASK, WEBHOOK_TASK
 from api.settings import get_settings
 from worker import webhooks
 from worker.celery_app import app
@@ -24,6 +24,17 @@ def distill(self: Task, job_id: str) -> None:
 def webhook(job_id: str, attempt: int = 1) -> str:
     """One delivery attempt of a finished job's webhook (`worker.webhooks`)."""
     return webhooks.deliver(app, get_settings(), job_id, attempt)
+
+
+@app.task(name=PARSE_DATASET_TASK, acks_late=True, reject_on_worker_lost=True)
+def parse_dataset(dataset_id: str) -> str:
+    """Parse a large upload (`api.services.datasets.parse_stored`): the dataset becomes
+    `ready` or `failed`. Redelivery after a lost worker parses again (idempotent)."""
+    from api.db import Database
+    from api.services.datasets import parse_stored
+
+    settings = get_settings()
+    return parse_stored(Database(settings.database_url), dataset_id, settings)
 
 
 @app.task(name="td3.ping")

@@ -1,28 +1,66 @@
 """Datasets. Upload = the file as the raw request body (not multipart), so it is
-streamed to disk, size-limited and hashed as it arrives; options are query params."""
+streamed to disk, size-limited, hashed and checked for bombs as it arrives
+(`api.services.datasets.Upload`); reader and preprocessing options are query params,
+the reader's generated from `td3core.data.readers.ReaderOptions`."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import tempfile
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import DatabaseDep, SettingsDep, TenantDep
-from api.errors import APIError, error_responses
-from api.labels import MAX_LABELS, LabelQuery, parse_label_filters
+from api.deps import BrokerDep, DatabaseDep, SettingsDep, TenantDep
+from api.errors import APIError, error_responses, format_validation_errors
+from api.labels import LabelQuery, parse_label_filters
 from api.models import Dataset
-from api.schemas import DatasetList, DatasetOut, DatasetStatistics
+from api.schemas import DatasetList, DatasetOut, DatasetStatistics, ErrorOut
 from api.services import datasets as service
-from td3core.data.readers import Format, ReaderOptions
+from td3core.data.readers import ReaderOptions
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+def _reader_query_fields() -> dict[str, Any]:
+    """The reader's query parameters: `ReaderOptions`' fields with their types, limits
+    and descriptions; `fmt` is called `format` (as it always was) and `columns` is
+    comma-separated."""
+    fields: dict[str, Any] = {}
+    for name, info in ReaderOptions.model_fields.items():
+        if name == "columns":
+            fields[name] = (
+                str | None,
+                Field(
+                    None,
+                    max_length=2000,
+                    description="comma-separated names of the columns of a file without a "
+                    "header, e.g. `user_id,item_id,rating,timestamp`",
+                ),
+            )
+        else:
+            fields["format" if name == "fmt" else name] = (info.annotation, info)
+    return fields
+
+
+ReaderQuery = create_model(
+    "ReaderQuery", __doc__="How to read the upload (`ReaderOptions`).", **_reader_query_fields()
+)
+
+
+def reader_options(query: Annotated[ReaderQuery, Query()]) -> ReaderOptions:
+    values = query.model_dump()
+    values["fmt"] = values.pop("format")
+    values["time_col"] = values["time_col"] or None  # empty: file order is time
+    if values["columns"] is not None:
+        values["columns"] = tuple(c.strip() for c in values["columns"].split(","))
+    try:
+        return ReaderOptions(**values)
+    except ValidationError as exc:
+        raise APIError(422, "invalid_options", format_validation_errors(exc.errors())) from exc
+
+
+ReaderDep = Annotated[ReaderOptions, Depends(reader_options)]
 
 
 def _out(row: Dataset) -> DatasetOut:
@@ -34,17 +72,13 @@ def _out(row: Dataset) -> DatasetOut:
         size_bytes=row.size_bytes,
         sha256=row.sha256,
         preprocessing=row.preprocessing,
-        statistics=DatasetStatistics(**row.stats),
+        statistics=DatasetStatistics(**row.stats) if row.stats else None,
         created_at=row.created_at,
         labels=row.labels or {},
-    )
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        "payload_too_large",
-        f"upload exceeds the limit of {limit} bytes (setting TD3_MAX_UPLOAD_BYTES)",
+        status=row.status,
+        error=ErrorOut(code=row.error_code, message=row.error_message or "")
+        if row.error_code
+        else None,
     )
 
 
@@ -53,6 +87,12 @@ def _too_large(limit: int) -> APIError:
     status_code=201,
     response_model=DatasetOut,
     summary="Upload an interaction file (raw request body)",
+    description="201 with the dataset's statistics when it was parsed in the request "
+    "(small uploads); 202 with `status: processing` when a worker parses it (poll "
+    "`GET /v1/datasets/{id}` until `ready` or `failed`). Refused while it streams: "
+    "413 past `TD3_MAX_UPLOAD_BYTES` (compressed) or past `TD3_MAX_DECOMPRESSED_BYTES`, "
+    "`TD3_MAX_ROWS`, `TD3_MAX_LINE_BYTES` (once decompressed); `TD3_MAX_DISTINCT_IDS` "
+    "while parsing.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -66,26 +106,23 @@ def _too_large(limit: int) -> APIError:
             },
         }
     },
-    responses=error_responses(
-        413, 415, 422, s415="multipart/form-data: send the file as the raw body"
-    ),
+    responses={
+        202: {"model": DatasetOut, "description": "stored; a worker parses it"},
+        **error_responses(
+            413, 415, 422, 503, s415="multipart/form-data: send the file as the raw body"
+        ),
+    },
 )
 async def upload_dataset(
     request: Request,
+    response: Response,
     tenant: TenantDep,
     db: DatabaseDep,
     settings: SettingsDep,
+    broker: BrokerDep,
+    reader: ReaderDep,
     filename: Annotated[str, Query(min_length=1, max_length=255)] = "upload",
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    format: Format = "auto",
-    user_col: Annotated[str, Query(min_length=1, max_length=100)] = "user_id",
-    item_col: Annotated[str, Query(min_length=1, max_length=100)] = "item_id",
-    time_col: Annotated[
-        str | None, Query(max_length=100, description="empty: file order is time")
-    ] = "timestamp",
-    rating_col: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    delimiter: Annotated[str | None, Query(min_length=1, max_length=4)] = None,
-    has_header: bool | None = None,
     dedup: Literal["none", "keep-first", "keep-last"] | None = None,
     kcore: Literal["none", "one-pass", "iterative"] | None = None,
     min_user: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
@@ -93,10 +130,9 @@ async def upload_dataset(
     min_rating: float | None = None,
     label: Annotated[
         list[str] | None,
-        Query(max_length=MAX_LABELS, description="a label to attach, `key:value`; repeatable"),
+        Query(max_length=400, description="a label to attach, `key:value`; repeatable"),
     ] = None,
 ) -> DatasetOut:
-    limit = settings.max_upload_bytes
     if request.headers.get("content-type", "").startswith("multipart/"):
         raise APIError(
             415,
@@ -104,8 +140,8 @@ async def upload_dataset(
             "send the file as the raw request body, not multipart/form-data",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise service.too_large(settings.max_upload_bytes)
     preprocess = {
         k: v
         for k, v in {
@@ -117,37 +153,24 @@ async def upload_dataset(
         }.items()
         if v is not None
     }
+    filename = service.clean_name(filename)
     opts = service.UploadOptions(
-        name=name or filename,
+        name=service.clean_name(name or filename),
         filename=filename,
-        reader=ReaderOptions(
-            fmt=format,
-            user_col=user_col,
-            item_col=item_col,
-            time_col=time_col or None,
-            rating_col=rating_col,
-            delimiter=delimiter,
-            has_header=has_header,
-        ),
+        reader=reader,
         preprocess=preprocess,
         labels=parse_label_filters(label),
     )
-    digest = hashlib.sha256()
-    size = 0
-    with tempfile.TemporaryDirectory(prefix="td3-upload-") as tmp:
-        path = Path(tmp) / (_SAFE.sub("_", Path(filename).name).strip(".") or "upload")
-        with path.open("wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                digest.update(chunk)
-                f.write(chunk)
-        if size == 0:
-            raise APIError(422, "invalid_data", f"{filename}: the upload is empty")
-        sha = digest.hexdigest()
-        parsed = await run_in_threadpool(service.parse_upload, path, opts, sha)
-    row = await run_in_threadpool(service.create, db, tenant, opts, parsed, size=size, sha256=sha)
+    with service.Upload(settings, filename) as upload:
+        async for chunk in request.stream():
+            # decompressing a bomb's chunk is CPU work: off the event loop
+            await run_in_threadpool(upload.write, chunk)
+        await run_in_threadpool(upload.finish, filename)
+        row = await run_in_threadpool(
+            service.store, db, tenant, opts, upload, settings, enqueue_parse=broker.enqueue_parse
+        )
+    if row.status == service.PROCESSING:
+        response.status_code = 202
     return _out(row)
 
 

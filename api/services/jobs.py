@@ -20,6 +20,7 @@ from api.labels import with_labels
 from api.lifecycle import INITIAL, EventKind, JobStatus, record_event, transition
 from api.models import Artifact, Dataset, Job, JobEvent, Report, Tenant, new_id, utcnow
 from api.pagination import decode_id_cursor, encode_cursor, newest_first_page
+from api.services.datasets import require_ready
 from api.services.job_runs import dispatch_webhooks
 from api.services.quotas import Quotas
 from api.services.tenancy import owned_or_404
@@ -93,8 +94,9 @@ def create(
                 existing = _by_key(session, tenant, idempotency_key)
                 if existing is not None:
                     return _replay(existing, body_hash), False
-            # the lock makes a concurrent delete of the dataset wait and then see this job
-            dataset = owned_or_404(session, Dataset, dataset_id, tenant, lock=True)
+            # the lock makes a concurrent delete of the dataset wait and then see this job;
+            # a dataset still processing (or failed) has nothing to train on: 409
+            dataset = require_ready(owned_or_404(session, Dataset, dataset_id, tenant, lock=True))
             if quotas is not None:
                 job.compute_estimate = quotas.admit_job(session, tenant, config, dataset)
             session.add(job)

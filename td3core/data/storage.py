@@ -3,8 +3,8 @@
 Tensors: `items` (int64, every sequence concatenated) and `offsets` (int64,
 n_users + 1; user u's sequence is items[offsets[u]:offsets[u+1]]). Metadata
 (safetensors allows str -> str only): `format` = "td3-dataset/1" and JSON strings
-for item_ids, user_ids, preprocessing, plus source_sha256. safetensors writes the
-metadata keys in hash-map order, so equal datasets may differ byte for byte.
+for item_ids, user_ids, preprocessing, plus source_sha256. The bytes depend only on
+the content (`td3core.serialization.safetensors_bytes`): equal datasets, equal bytes.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import json
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load, save
+from safetensors.numpy import load
 
 from td3core.data.types import SequenceDataset
 from td3core.errors import DataError
-from td3core.serialization import read_metadata
+from td3core.serialization import read_metadata, safetensors_bytes
 
 FORMAT = "td3-dataset/1"
 
@@ -34,10 +34,10 @@ def dataset_to_bytes(ds: SequenceDataset) -> bytes:
         "format": FORMAT,
         "item_ids": json.dumps(ds.item_ids),
         "user_ids": json.dumps(ds.user_ids),
-        "preprocessing": json.dumps(ds.preprocessing),
+        "preprocessing": json.dumps(ds.preprocessing, sort_keys=True),
         "source_sha256": ds.source_sha256,
     }
-    return save({"items": items, "offsets": offsets}, metadata=metadata)
+    return safetensors_bytes({"items": items, "offsets": offsets}, metadata)
 
 
 def dataset_from_bytes(b: bytes) -> SequenceDataset:
