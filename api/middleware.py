@@ -1,17 +1,20 @@
-"""ASGI middleware: a request id on every request (and its log records), and a size
-limit on request bodies."""
+"""ASGI middleware: a request id on every request (and its log records), one access
+log line per request, and a size limit on request bodies."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
 from api.logs import bind
 
+access_log = logging.getLogger("td3.access")
 REQUEST_ID_HEADER = b"x-request-id"
 # a client's own request id is kept when it is short and plain (it ends up in logs)
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,64}$")
@@ -19,7 +22,9 @@ _SAFE_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,64}$")
 
 class RequestId:
     """Uses the client's `X-Request-ID` (if plain) or a new one; binds it to the log
-    records of the request and answers it in the `X-Request-ID` header."""
+    records of the request, answers it in the `X-Request-ID` header, and logs the
+    request on `td3.access` (method, path without its query string, status, time;
+    with the request and tenant ids)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -31,16 +36,30 @@ class RequestId:
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if _SAFE_ID.match(given) else secrets.token_hex(8)
 
+        status = 500
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER, request_id.encode()),
                 ]
             await send(message)
 
+        start = time.perf_counter()
         with bind(request_id=request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                access_log.info(
+                    "%s %s %d %.1f ms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - start) * 1000,
+                )
 
 
 class _TooLarge(Exception):

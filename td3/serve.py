@@ -318,7 +318,12 @@ def serve(
         if supervisor is not None:
             supervisor.start()
         config = uvicorn.Config(
-            create_app(settings), host=host, port=port, log_level=log_level, log_config=None
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=None,  # api.logs configured the root logger
+            access_log=False,  # td3.access logs each request, without its query string
         )
         uvicorn.Server(config).run()
     except _Stop as stop:
