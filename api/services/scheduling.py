@@ -25,9 +25,9 @@ from api.models import Job
 
 
 def fair_pick(db: Database, job_id: str) -> str:
-    """The job a delivery of `job_id` should start: `job_id` itself unless it is
-    queued and another tenant deserves the turn (then that tenant's oldest queued
-    job)."""
+    """The job a delivery of `job_id` should start: if `job_id` is queued, the oldest
+    queued job of the tenant whose turn it is (often `job_id` itself); otherwise
+    `job_id` (`begin_attempt` resumes or drops it)."""
     with db.session() as session:
         own = session.execute(select(Job.status, Job.tenant_id).where(Job.id == job_id)).first()
         if own is None or own.status != JobStatus.QUEUED:
@@ -56,8 +56,6 @@ def fair_pick(db: Database, job_id: str) -> str:
             return (running.get(tenant, 0), last_start.get(tenant) or never, oldest)
 
         tenant, _ = min(waiting, key=turn)
-        if tenant == own.tenant_id:
-            return job_id
         picked = session.scalars(
             select(Job.id)
             .where(Job.tenant_id == tenant, Job.status == JobStatus.QUEUED)
