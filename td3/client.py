@@ -540,7 +540,12 @@ class _StageBar:
             stage, step, total = (event.data.get(k) for k in ("stage", "step", "total"))
             if stage != self._stage or self._tqdm is None:
                 self.__exit__()
-                self._tqdm = tqdm(total=total or None, desc=str(stage))
+                # steps arrive in jumps between polls: no rate, which would be noise
+                self._tqdm = tqdm(
+                    total=total or None,
+                    desc=str(stage),
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}]",
+                )
                 self._stage = stage
             if isinstance(step, int):
                 self._tqdm.n = step
