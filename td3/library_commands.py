@@ -224,6 +224,22 @@ def _doc(field: str, text: str) -> str:
 def _data_options(p: argparse.ArgumentParser, *, preprocessing: bool = True) -> None:
     p.add_argument("data", metavar="DATA", help="interaction file")
     p.add_argument("--format", choices=FORMATS, help="file format (default: auto / the job's)")
+    # the reader's column mapping (td3core.data.readers.ReaderOptions; unset: its default)
+    p.add_argument("--user-col", help="column of the user ids (default user_id)")
+    p.add_argument("--item-col", help="column of the item ids (default item_id)")
+    p.add_argument(
+        "--time-col", help="column of the timestamps (default timestamp; '': file order is time)"
+    )
+    p.add_argument("--rating-col", help='column of the ratings (default: "rating" if present)')
+    p.add_argument("--delimiter", help="field separator of a text file (default: detected)")
+    p.add_argument(
+        "--columns",
+        type=lambda value: tuple(c.strip() for c in value.split(",")),
+        help="comma-separated column names of a file without a header",
+    )
+    p.add_argument(
+        "--no-header", action="store_true", help="the first line is data (name it with --columns)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     if not preprocessing:
@@ -308,7 +324,7 @@ def _print_json(document: Any) -> None:
 
 # ------------------------------------------------------------------- data
 def _load_dataset(args: argparse.Namespace, preprocessing: dict[str, Any] | None = None):
-    from td3core.data import PreprocessConfig, build_dataset, read_interactions
+    from td3core.data import PreprocessConfig, ReaderOptions, build_dataset, read_interactions
 
     stored = preprocessing or {}
     fields = PreprocessConfig.model_fields
@@ -322,8 +338,18 @@ def _load_dataset(args: argparse.Namespace, preprocessing: dict[str, Any] | None
         )
     )
     fmt = args.format or stored.get("format") or "auto"
+    reader = _given(
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        delimiter=args.delimiter,
+        columns=args.columns,
+        has_header=False if args.no_header else None,
+    )
+    if args.time_col is not None:
+        reader["time_col"] = args.time_col or None
     _say(args, f"reading {args.data} ({fmt})")
-    interactions = read_interactions(args.data, fmt=fmt)
+    interactions = read_interactions(args.data, ReaderOptions(fmt=fmt, **reader))
     return build_dataset(interactions, PreprocessConfig(**settings))
 
 
