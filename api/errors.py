@@ -88,11 +88,13 @@ _HTTP_CODES = {
 
 _DESCRIPTIONS = {
     401: "missing or invalid API key",
+    403: "the API key may not do this (a read-only key)",
     404: "no such resource (or another tenant's)",
     409: "conflicts with the resource's current state",
     413: "the request is larger than the limit",
     415: "unsupported content type",
     422: "invalid parameters, body or data",
+    429: "over a quota of the tenant",
     503: "a backing service is unavailable; nothing was changed, retry",
 }
 

@@ -124,9 +124,7 @@ class DatasetOut(_Out):
     size_bytes: int
     sha256: str
     preprocessing: dict[str, Any]
-    statistics: DatasetStatistics | None = Field(
-        description="null until the dataset is ready"
-    )
+    statistics: DatasetStatistics | None = Field(description="null until the dataset is ready")
     created_at: datetime
     labels: dict[str, str] = {}
     status: Literal["processing", "ready", "failed"] = Field(

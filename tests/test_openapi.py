@@ -49,7 +49,9 @@ def env(tmp_path_factory):
     app = create_app(service)
     app.state.broker.enqueue_distill = lambda job_id: None
     app.state.broker.enqueue_webhook = lambda job_id: None
-    _, key = create_key(Database(service.database_url), "schemathesis")
+    db = Database(service.database_url)
+    _, key = create_key(db, "schemathesis")
+    _, read_only = create_key(db, "schemathesis", scope="read-only")
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(app) as client:
         ds = client.post("/v1/datasets", params={"filename": "x.csv"}, content=CSV, headers=auth)
@@ -57,7 +59,7 @@ def env(tmp_path_factory):
             "/v1/jobs", json={"dataset_id": ds.json()["id"], "config": TINY_CONFIG}, headers=auth
         )
         assert ds.status_code == 201 and job.status_code == 202, (ds.text, job.text)
-        ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"]}
+        ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"], "read_only": read_only}
         yield app, auth, client.get("/openapi.json").json(), ids
 
 
@@ -84,15 +86,17 @@ def test_errors_are_declared_as_the_envelope(env):
     assert set(schemas["ErrorResponse"]["properties"]) == {"error"}
     for (method, path), op in _operations(spec).items():
         errors = {s: r for s, r in op["responses"].items() if s.startswith(("4", "5"))}
-        assert {"401", "422"} <= set(errors), (method, path)
+        assert {"401", "422", "503"} <= set(errors), (method, path)
         if "{" in path:
             assert "404" in errors, (method, path)
+        if method in ("post", "delete"):  # writes: a read-only key gets 403
+            assert "403" in errors, (method, path)
         for status, response in errors.items():
             ref = response["content"]["application/json"]["schema"]["$ref"]
             assert ref == ERROR_REF, (method, path, status)
     create = spec["paths"]["/v1/jobs"]["post"]["responses"]
     upload = spec["paths"]["/v1/datasets"]["post"]["responses"]
-    assert {"404", "409", "503"} <= set(create) and {"413", "415"} <= set(upload)
+    assert {"404", "409", "413", "429"} <= set(create) and {"413", "415", "429"} <= set(upload)
 
 
 def test_request_bodies_have_examples(env):
@@ -150,11 +154,17 @@ def test_live_responses_conform_to_the_spec(env):
             case.call_and_validate(headers=auth, checks=checks)
 
         conforms()
-        # random ids find nothing (404): the real ones reach the success responses
+        # random ids find nothing (404): the real ones reach the success responses, and
+        # a read-only key the 403 of every write
         known = {
             name: ids[name] for name in ("dataset_id", "job_id") if "{" + name in operation.path
         }
-        if known:
-            operation.Case(path_parameters=known).call_and_validate(headers=auth, checks=checks)
+        read_only = {"Authorization": f"Bearer {ids['read_only']}"}
+        for headers in (read_only, auth):
+            response = operation.Case(path_parameters=known or None).call_and_validate(
+                headers=headers, checks=checks
+            )
+            if headers is read_only and operation.method.lower() in ("post", "delete"):
+                assert response.status_code == 403, (operation.path, response.text)
         tested.append((operation.method.lower(), operation.path))
     assert sorted(tested) == sorted(OPERATIONS)

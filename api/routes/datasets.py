@@ -19,7 +19,9 @@ from api.schemas import DatasetList, DatasetOut, DatasetStatistics, ErrorOut
 from api.services import datasets as service
 from td3core.data.readers import ReaderOptions
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422, 503)
+)
 
 
 def _reader_query_fields() -> dict[str, Any]:
@@ -109,7 +111,14 @@ def _out(row: Dataset) -> DatasetOut:
     responses={
         202: {"model": DatasetOut, "description": "stored; a worker parses it"},
         **error_responses(
-            413, 415, 422, 503, s415="multipart/form-data: send the file as the raw body"
+            403,
+            413,
+            415,
+            422,
+            429,
+            503,
+            s415="multipart/form-data: send the file as the raw body",
+            s429="the tenant's stored bytes are at its quota",
         ),
     },
 )
@@ -197,7 +206,7 @@ def get_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> DatasetO
 @router.delete(
     "/{dataset_id}",
     status_code=204,
-    responses=error_responses(404, 409, s409="a job that has not finished uses the dataset"),
+    responses=error_responses(403, 404, 409, s409="a job that has not finished uses the dataset"),
 )
 def delete_dataset(dataset_id: str, tenant: TenantDep, db: DatabaseDep) -> Response:
     service.delete_(db, tenant, dataset_id)

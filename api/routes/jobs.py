@@ -27,7 +27,8 @@ from api.services import jobs as service
 from api.services.quotas import Quotas
 from td3core.errors import DataError
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))
+# every route: a bad key (401), bad parameters (422), the database down (503)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 503))
 
 MAX_SEED = 2**32 - 1
 
@@ -42,14 +43,21 @@ MAX_SEED = 2**32 - 1
             "description": "replay of an earlier request with the same Idempotency-Key",
         },
         **error_responses(
+            403,
             404,
             409,
+            413,
             422,
+            429,
             503,
+            s403="the API key is read-only",
             s404="no such dataset",
-            s409="the first request with this Idempotency-Key is still in flight",
+            s409="the dataset is not ready, or the first request with this "
+            "Idempotency-Key is still in flight",
+            s413="the JSON body is over TD3_MAX_BODY_BYTES",
             s422="invalid config, or the Idempotency-Key was used with a different body",
-            s503="the job queue is unavailable; nothing was created",
+            s429="over one of the tenant's quotas (active jobs, compute)",
+            s503="the job queue or the database is unavailable; nothing was created",
         ),
     },
 )
@@ -132,7 +140,9 @@ def list_events(
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses=error_responses(404, 409, s409="the job already succeeded or failed"),
+    responses=error_responses(
+        403, 404, 409, s403="the API key is read-only", s409="the job already succeeded or failed"
+    ),
 )
 def cancel_job(job_id: str, tenant: TenantDep, db: DatabaseDep, broker: BrokerDep) -> JobOut:
     """Cooperative: queued -> cancelled at once; running -> cancelling, and the worker
