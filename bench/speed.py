@@ -20,10 +20,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import io
 import json
 import multiprocessing as mp
+import re
 import resource
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +151,43 @@ def quick_teacher(split: Split, negatives: torch.Tensor, device: str) -> Teacher
     return train_teacher(split, negatives, MODEL, recipe, pool_epochs=(1, 3), device=device)
 
 
-def measure(case: Case, steps: int, device: str, threads: int) -> dict[str, Any]:
-    """Runs in a child: time `steps` outer steps of each engine (alternating)."""
+def export_baseline(rev: str) -> Path:
+    """td3core at git revision `rev`, renamed `td3core_baseline` (so both versions
+    load in one process), in a temporary folder; returns that folder."""
+    folder = Path(tempfile.mkdtemp(prefix="td3-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "td3core"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    package = folder / "td3core_baseline"
+    (folder / "td3core").rename(package)
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\btd3core\b", "td3core_baseline", path.read_text()))
+    return folder
+
+
+def baseline_distiller(folder: str, case: Case, split: Split, teacher: Teacher, device: str) -> Any:
+    """The previous code's Distiller (its default engine) on the same data and teacher."""
+    sys.path.insert(0, folder)
+    config = importlib.import_module("td3core_baseline.config")
+    distill = importlib.import_module("td3core_baseline.distill")
+    settings = case.distill_config("func").model_dump(exclude={"backend"})
+    return distill.Distiller(
+        config.DistillConfig(**settings),
+        split,
+        teacher,
+        config.ModelConfig(**MODEL.model_dump()),
+        select=lambda s: 0.0,
+        device=device,
+    )
+
+
+def measure(
+    case: Case, steps: int, device: str, threads: int, baseline: str | None = None
+) -> dict[str, Any]:
+    """Runs in a child: time `steps` outer steps of each engine (alternating).
+    Engine "baseline" is the previous code's default engine, exported to `baseline`."""
     torch.set_num_threads(threads)
     split, negatives = synthetic_split(case)
     teacher = quick_teacher(split, negatives, device)
@@ -155,7 +196,9 @@ def measure(case: Case, steps: int, device: str, threads: int) -> dict[str, Any]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     distillers = {
-        engine: Distiller(
+        engine: baseline_distiller(baseline, case, split, teacher, device)
+        if engine == "baseline" and baseline
+        else Distiller(
             case.distill_config(engine), split, teacher, MODEL, select=lambda s: 0.0, device=dev
         )
         for engine in case.engines
@@ -313,7 +356,7 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
         "",
         "| case | engine | items | mu x zeta | inner / W | real batch | mean plain steps "
         "| outer step (s) | plain step (ms) | window + outer (s) | inner step (ms, all in) "
-        "| peak memory (MB) | higher / func |",
+        "| peak memory (MB) | this / func |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -324,16 +367,18 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
             continue
         case = row["case"]
         engines = row["engines"]
-        ratio = ""
-        if "func" in engines and "higher" in engines:
-            per_step = np.array(engines["higher"]["outer_s"]) / np.array(engines["func"]["outer_s"])
-            ratio = (
-                f"{engines['higher']['outer_mean_s'] / engines['func']['outer_mean_s']:.2f}x "
-                f"(median per step {np.median(per_step):.2f}x)"
-            )
+        ratios = {}
+        for other in ("higher", "baseline"):
+            if "func" in engines and other in engines:
+                func, them = engines["func"], engines[other]
+                per_step = np.array(them["outer_s"]) / np.array(func["outer_s"])
+                ratios[other] = (
+                    f"{them['outer_mean_s'] / func['outer_mean_s']:.2f}x "
+                    f"(median per step {np.median(per_step):.2f}x)"
+                )
         for engine, e in engines.items():
             memory = row["memory"].get(engine, {})
-            shown_ratio = ratio if engine == "func" else ""
+            shown_ratio = ratios.get(engine, "")
             lines.append(
                 f"| {case['name']} | {engine} | {row['n_items']} | {case['mu']}x{case['zeta']} "
                 f"| {case['inner_steps']} / {case['window']} | {case['real_batch']} "
@@ -374,12 +419,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
     p.add_argument("--json", type=Path, help="write the measurements here")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time the default engine of git revision REV (engines sweep), e.g. aba62e0",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict[str, Any] = {"device": args.device, "threads": args.threads}
+    baseline = str(export_baseline(args.baseline)) if args.baseline else None
+    report["baseline"] = args.baseline
     if args.end_to_end:
         row = end_to_end(args.end_to_end, args.epochs, args.device, args.threads, args.data_root)
         report["end_to_end"] = row
@@ -394,12 +446,14 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({"case": dataclasses.asdict(case), "skipped": why})
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] {sweep}: {case.name}", file=sys.stderr)
-                row = in_child(measure, case, args.steps, args.device, args.threads)
+                if baseline and sweep == "engines":
+                    case = dataclasses.replace(case, engines=(*case.engines, "baseline"))
+                row = in_child(measure, case, args.steps, args.device, args.threads, baseline)
                 # Memory per engine: each alone in a child (CPU peak RSS only grows).
                 row["memory"] = {}
                 for engine in case.engines:
                     alone = dataclasses.replace(case, engines=(engine,))
-                    m = in_child(measure, alone, 1, args.device, args.threads)
+                    m = in_child(measure, alone, 1, args.device, args.threads, baseline)
                     row["memory"][engine] = {
                         "peak_memory_mb": m["peak_memory_mb"],
                         "distill_mb": m["peak_memory_mb"] - m["memory_before_distill_mb"],

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import OperationalError
+
 from api.broker import Broker
 from api.db import Database
 from api.lifecycle import JobStatus
@@ -74,7 +76,12 @@ class DbHooks:
         if event:
             self._last_event = now
             self._last_stage = progress.stage
-        job_runs.record_progress(self.db, self.job_id, data, event=event)
+        try:
+            job_runs.record_progress(self.db, self.job_id, data, event=event)
+        except OperationalError:
+            # progress is for people: a database outage must not end the job (the next
+            # checkpoint or the result write fails instead, and the job is resumed)
+            log.warning("job %s: progress not recorded (database unavailable)", self.job_id)
 
     def should_cancel(self) -> bool:
         """Stop when cancelled, or past the job's time limit (`timed_out`); the last
@@ -82,7 +89,11 @@ class DbHooks:
         if self.deadline is not None and utcnow() >= self.deadline:
             self.timed_out = True
             return True
-        return job_runs.cancel_requested(self.db, self.job_id)
+        try:
+            return job_runs.cancel_requested(self.db, self.job_id)
+        except OperationalError:
+            log.warning("job %s: cancel flag not read (database unavailable)", self.job_id)
+            return False
 
     def save_checkpoint(self, blob: bytes) -> None:
         job_runs.save_checkpoint(self.db, self.job_id, bytes(blob))

@@ -80,6 +80,11 @@ def settings(pg_url, redis_url, tmp_path_factory) -> Settings:
         progress_interval=0.0,
         max_attempts=3,
         device="cpu",
+        # this session's database holds jobs with no queue message on purpose (the idle
+        # client's): a fair scheduler would start them; tests/integration/test_faults.py
+        # checks fairness and readiness with their own database and workers
+        fair_scheduling=False,
+        readiness_workers=0,
     )
     migrate.upgrade(s)
     yield s
