@@ -10,11 +10,13 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from td3.library_commands import register as register_library
+    from td3.report_command import register as register_report
     from td3.service_commands import register as register_service
 
     parser = argparse.ArgumentParser(prog="td3", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_library(commands)
+    register_report(commands)
     register_service(commands)
     return parser
 
