@@ -88,9 +88,10 @@ class Served:
         assert self.proc is not None
         return self.proc.pid
 
-    def log(self) -> str:
+    def log(self, tail: int = 6000) -> str:
+        """The last `tail` characters of its log (0: all of it)."""
         path = self.home / "serve.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def workers(self) -> list[int]:
         """Pids of the worker main processes it runs now (each leads its own group)."""

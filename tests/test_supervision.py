@@ -53,7 +53,7 @@ def test_serve_restarts_a_killed_worker_and_stops_them_all_on_sigterm(tmp_path):
         )
         assert not Path(f"/proc/{first}").exists(), "the dead worker was not reaped"
         served.wait_ready()
-        assert "restarting in" in served.log()
+        assert "restarting in" in served.log(tail=0)
 
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(40) == 0

@@ -8,6 +8,8 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,19 +39,29 @@ def _admin_url() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def pg_url():
+@contextmanager
+def private_database() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL (its SQLAlchemy URL), dropped afterwards."""
     admin = _admin_url()
     require_or_skip(admin is not None, f"no PostgreSQL at {PG_HOST} (database 'test')")
+    assert admin is not None
     import psycopg
 
     name = f"td3_test_{secrets.token_hex(5)}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     user_host = admin.split("://", 1)[1].rsplit("/", 1)[0]
-    yield f"postgresql+psycopg://{user_host}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"postgresql+psycopg://{user_host}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with private_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
