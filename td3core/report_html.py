@@ -24,7 +24,8 @@ border-bottom:1px solid #d0d7de;padding-bottom:.3rem}h3{font-size:1rem;margin:1r
 .card{border:1px solid #d0d7de;border-radius:6px;padding:.6rem .9rem;min-width:10rem}
 .card b{display:block;font-size:1.3rem}table{border-collapse:collapse;margin:.5rem 0 1rem;
 font-size:.85rem}th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right}
-th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
+th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}td,th{white-space:nowrap}
+caption{text-align:left;font-weight:600;padding:.2rem 0}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}svg{background:#fff;border:1px solid #d0d7de;
 border-radius:6px}code{background:#f6f8fa;padding:0 .2rem}
 """
@@ -142,31 +143,63 @@ def _evaluation_section(report: Mapping[str, Any]) -> str:
 
 
 def _evaluation_table(learner: str, table: Mapping[str, Any], report: Mapping[str, Any]) -> str:
-    protocols = [p for p in ("uni100", "full") if any(p in _mapping(r) for r in table.values())]
-    metrics = {
-        p: sorted({m for r in table.values() for m in _mapping(_mapping(r).get(p))})
-        for p in protocols
-    }
-    head = ["data", "interactions", "runs"]
-    head += [f"{p} {m}" for p in protocols for m in metrics[p]]
-    head += ["valid MRR@10", "train s", "lr"]
-    rows = []
-    for name, row in table.items():
-        row = _mapping(row)
-        cells = [_e(name), _e(_fmt(row.get("interactions"))), _e(_fmt(row.get("runs")))]
-        for p in protocols:
-            for m in metrics[p]:
-                cells.append(_e(_mean_std(_mapping(_mapping(row.get(p)).get(m)))))
-        lrs = row.get("lr")
-        lr = ", ".join(_fmt(x) for x in lrs) if isinstance(lrs, list) else _fmt(lrs)
-        cells += [_e(_fmt(row.get("valid_mrr10"))), _e(_fmt(row.get("train_seconds"))), _e(lr)]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    header = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
+    """The rows' runs (data size, runs, validation score, training time, learning
+    rates), then one table of test metrics per protocol."""
+    # summary first, then the full data, then the samplers, as a reader compares them
+    order = sorted(table, key=lambda name: (name != "summary", name != "full"))
+    rows = {name: _mapping(table[name]) for name in order}
     even = _break_even_text(break_even(report, table))
+    runs = [
+        [
+            _e(name),
+            *(_e(_fmt(row.get(k))) for k in ("interactions", "runs", "valid_mrr10")),
+            _e(_fmt(row.get("train_seconds"))),
+            _e(", ".join(_fmt(x) for x in _list(row.get("lr")))),
+        ]
+        for name, row in rows.items()
+    ]
+    parts = [
+        f'<h3>{_e(learner)} <span class="muted">(break-even: {_e(even)})</span></h3>',
+        _table(
+            "runs",
+            learner,
+            ["data", "interactions", "runs", "valid MRR@10", "train s", "lr"],
+            runs,
+        ),
+    ]
+    for protocol in ("uni100", "full"):
+        metrics = sorted(
+            {m for row in rows.values() for m in _mapping(row.get(protocol))}, key=_metric_order
+        )
+        if metrics:
+            cells = [
+                [
+                    _e(name),
+                    *(_mean_std(_mapping(_mapping(row.get(protocol)).get(m))) for m in metrics),
+                ]
+                for name, row in rows.items()
+            ]
+            parts.append(_table(protocol, learner, ["data", *metrics], cells))
+    return "".join(parts)
+
+
+def _table(caption: str, learner: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """`rows`: cells already escaped HTML."""
+    header = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return (
-        f'<h3>{_e(learner)} <span class="muted">(break-even: {_e(even)})</span></h3>'
-        f'<table class="evaluation" data-learner="{_e(learner)}">{header}{"".join(rows)}</table>'
+        f'<table class="evaluation" data-learner="{_e(learner)}" data-part="{_e(caption)}">'
+        f"<caption>{_e(caption)}</caption>{header}{body}</table>"
     )
+
+
+def _metric_order(metric: str) -> tuple[str, float]:
+    """HR@5 < HR@10 < HR@20 (numeric cut-offs), then by name."""
+    name, _, cut = metric.partition("@")
+    try:
+        return name, float(cut)
+    except ValueError:
+        return metric, 0.0
 
 
 def _curves_section(report: Mapping[str, Any]) -> str:
@@ -213,7 +246,7 @@ def _line_chart(
     width: int = 340,
     height: int = 200,
 ) -> str:
-    left, right, top, bottom = 52, 12, 26, 34
+    left, right, top, bottom = 64, 12, 26, 34
     values = [y for ys in series.values() for y in ys if y is not None]
     low, high = _span(values)
     x_low, x_high = _span(list(xs))
@@ -228,7 +261,7 @@ def _line_chart(
     for value in (low, high):
         parts.append(
             f'<text x="{left - 4}" y="{sy(value) + 4:.1f}" text-anchor="end" '
-            f'font-size="10">{_e(_fmt(value))}</text>'
+            f'font-size="10">{_e(f"{value:.3g}")}</text>'
         )
     for value in (x_low, x_high):
         parts.append(
@@ -330,10 +363,13 @@ def _fmt(value: object) -> str:
 
 
 def _mean_std(cell: Mapping[str, Any]) -> str:
+    """HTML (escaped here): the mean, and the std beside it in small type."""
     mean, std = _number(cell.get("mean")), _number(cell.get("std"))
     if mean is None:
         return "–"
-    return f"{mean:.4f} ± {std:.4f}" if std else f"{mean:.4f}"
+    if not std:
+        return _e(f"{mean:.4g}")
+    return f'{_e(f"{mean:.4g}")}<small class="muted"> ± {_e(f"{std:.2g}")}</small>'
 
 
 def _seconds(value: object) -> str:

@@ -124,17 +124,28 @@ def test_page_is_self_contained_and_escaped():
     assert "<script>alert" not in page
 
 
-def test_evaluation_table_per_learner_with_break_even():
+def test_evaluation_tables_per_learner_and_protocol_with_break_even():
     parsed = parse(render_report_html(sample_report()))
-    evaluations = [t for t in parsed.tables if t and t[0][:3] == ["data", "interactions", "runs"]]
-    assert len(evaluations) == 2
-    header, *rows = evaluations[0]
+    runs = [t for t in parsed.tables if t and t[0][:3] == ["data", "interactions", "runs"]]
+    assert len(runs) == 2  # one per learner
+    header, *rows = runs[0]
     assert [r[0] for r in rows] == ["summary", "full", "random-users"]
-    assert "uni100 HR@10" in header and "full HR@10" in header
-    assert rows[0][header.index("uni100 HR@10")] == "0.4100 ± 0.0410"
-    assert rows[1][header.index("train s")] == "42"
+    assert rows[1][header.index("train s")] == "42" and rows[1][-1] == "0.001, 0.003"
+    uni100, full = parsed.tables[parsed.tables.index(runs[0]) + 1 :][:2]
+    assert uni100[0] == ["data", "HR@10", "NDCG@10"]
+    assert uni100[1] == ["summary", "0.41 ± 0.041", "0.205"]
+    assert full[0] == ["data", "HR@10"] and full[2] == ["full", "0.11 ± 0.01"]
     page = render_report_html(sample_report())
     assert "break-even: 3.0 trainings" in page  # 120 s / (42 s - 2 s)
+    assert "break-even: 4.0 trainings" in page  # gru4rec: 120 s / (31.5 s - 1.5 s)
+
+
+def test_metrics_are_ordered_by_numeric_cut_off():
+    report = sample_report()
+    cells = {"HR@20": {"mean": 0.3}, "HR@5": {"mean": 0.1}, "HR@10": {"mean": 0.2}}
+    report["evaluation_by_learner"] = {"sasrec": {"summary": {"uni100": cells}}}
+    tables = parse(render_report_html(report)).tables
+    assert ["data", "HR@5", "HR@10", "HR@20"] in [t[0] for t in tables]
 
 
 def test_curves_are_non_empty_line_plots():
