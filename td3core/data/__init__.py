@@ -1,6 +1,8 @@
 """The data layer: read -> preprocess -> split, plus storage and synthetic data.
 
-Importing this package does not import torch (the API parses uploads without it);
+Reading is bounded by `Limits` (decompressed bytes, rows, line length, distinct ids;
+a `LimitError` past one). Importing this package does not import torch (the API
+parses uploads without it);
 `leave_one_out`, `Samples` and `Split` load torch on first use.
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from td3core.data.limits import LimitError, Limits
 from td3core.data.preprocess import PreprocessConfig, build_dataset
 from td3core.data.readers import (
     FORMATS,
@@ -37,6 +40,8 @@ __all__ = [
     "FORMATS",
     "DatasetStats",
     "Interactions",
+    "LimitError",
+    "Limits",
     "PreprocessConfig",
     "ReaderOptions",
     "Samples",

@@ -95,7 +95,9 @@ class ReaderOptions(BaseModel):
     user_col: str = Field("user_id", min_length=1, max_length=100)
     item_col: str = Field("item_id", min_length=1, max_length=100)
     time_col: str | None = Field(
-        "timestamp", max_length=100, description="None: file order is time"
+        "timestamp",
+        max_length=100,
+        description="None (an HTTP query or the CLI: empty): file order is time",
     )
     rating_col: str | None = Field(
         None, max_length=100, description='None: a column named "rating" if there is one'
