@@ -261,11 +261,11 @@ class Client:
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ):
+        headers = {"User-Agent": "td3-client/1"}
+        if api_key:  # without one only `ready` works (a bare "Bearer " is not a valid header)
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "td3-client/1"},
-            timeout=timeout,
-            transport=transport,
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> Client:

@@ -107,6 +107,20 @@ def test_create_job_sends_an_idempotency_key_unless_given():
     assert keys[0] and len(keys[0]) >= 16 and keys[1] == "run-42"
 
 
+def test_ready_needs_no_key():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200 if request.url.path == "/readyz" else 401)
+
+    with Client("http://td3.test", "", transport=httpx.MockTransport(handler)) as client:
+        assert client.ready() is True
+        with pytest.raises(AuthError):
+            client.jobs()
+    assert all("authorization" not in headers for headers in seen)
+
+
 def test_unreachable_service_is_connection_failed():
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
