@@ -278,3 +278,28 @@ def test_safetensors_bytes_load_back_and_depend_only_on_content():
         for _ in range(2)
     }
     assert len(digests) == 1
+
+
+def test_jsonl_numbers_may_mix_ints_and_floats():
+    data = jsonl(
+        [
+            {"user_id": "a", "item_id": "x", "timestamp": 1, "rating": 5},
+            {"user_id": "b", "item_id": "y", "timestamp": 2.5, "rating": 4.5},
+        ]
+    )
+    inter = read_interactions_bytes(data, "f.jsonl")
+    assert inter.timestamps.tolist() == [1.0, 2.5]
+    assert inter.ratings is not None and inter.ratings.tolist() == [5.0, 4.5]
+
+
+def test_distinct_ids_counted_exactly_across_many_blocks(tmp_path):
+    # ~30 MB: several 8 MiB blocks, the same 2000 ids repeating in every block
+    path = tmp_path / "many.csv"
+    with path.open("w") as f:
+        f.write("user_id,item_id,timestamp\n")
+        for _ in range(40):
+            f.write("".join(f"user{i % 1000},item{i % 1000},{i}\n" for i in range(40_000)))
+    inter = read_interactions(path, limits=Limits(max_distinct_ids=2000))
+    assert len(inter) == 1_600_000
+    with pytest.raises(LimitError):
+        read_interactions(path, limits=Limits(max_distinct_ids=1999))

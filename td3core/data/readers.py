@@ -333,19 +333,23 @@ class _Collector:
             return
         self._distinct += [pc.unique(users), pc.unique(items)]
         upper = sum(len(a) for a in self._distinct)
-        # Merge only when the per-block counts could pass the limit (amortised: each
-        # merge at least halves the list's size, else the limit is really exceeded).
+        # The sum of per-block counts bounds the true count from above; merge (exact
+        # count) only when it passes the limit and has doubled since the last merge, so
+        # the merging costs amortised linear time.
         if upper <= limit or upper <= 2 * self._distinct_known:
             return
-        n_users = len(pc.unique(pa.chunked_array(self._distinct[0::2], pa.string())))
-        n_items = len(pc.unique(pa.chunked_array(self._distinct[1::2], pa.string())))
-        if n_users + n_items > limit:
+        merged = [
+            pc.unique(pa.chunked_array(self._distinct[side::2], pa.string()).combine_chunks())
+            for side in (0, 1)
+        ]
+        self._distinct = merged
+        self._distinct_known = len(merged[0]) + len(merged[1])
+        if self._distinct_known > limit:
             raise LimitError(
                 f"more than {limit} distinct user and item ids",
                 limit="max_distinct_ids",
                 file=self.name,
             )
-        self._distinct_known = n_users + n_items
 
     def result(self, empty: str) -> _Columnar:
         if self.rows == 0:
@@ -688,9 +692,21 @@ def _read_jsonl(src: _Source, options: ReaderOptions) -> _Columnar:
     if not isinstance(record, dict):
         raise DataError("not a JSON object", file=src.name, line=first_no)
     cols = _resolve(tuple(record), options, src.name, first_no)
-    # Only the wanted keys are parsed (reviews carry long texts); their types come from
-    # the first record, so a later record of another type is an error, not a guess.
-    schema = pa.schema([(n, _json_type(record[n])) for n in cols.wanted])
+    # Only the wanted keys are parsed (reviews carry long texts). Ids keep the first
+    # record's type, so a later record of another type is an error, not a guess; times
+    # and ratings that are numbers are read as float64 (ints and floats may mix).
+    numeric = {cols.names[i] for i in (cols.time, cols.rating) if i is not None}
+    schema = pa.schema(
+        [
+            (
+                n,
+                pa.float64()
+                if n in numeric and _json_type(record[n]) == pa.int64()
+                else _json_type(record[n]),
+            )
+            for n in cols.wanted
+        ]
+    )
     collector = _Collector(cols, options, src.name, src.limits)
     try:
         with src.open() as f:
