@@ -80,3 +80,23 @@ def test_readyz_is_503_without_a_live_worker(tmp_path):
         assert body["status"] == "unavailable"
         assert body["checks"]["database"] == "ok" and body["checks"]["broker"] == "ok"
         assert body["checks"]["workers"].startswith("error: RuntimeError: 0 live worker(s)")
+
+
+def test_one_gpu_per_worker_without_loading_torch(monkeypatch):
+    from td3 import serve
+
+    assert serve.gpu_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert serve.gpu_devices({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert [serve._gpu_env(["2", "3"], i) for i in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "2"},
+        {"CUDA_VISIBLE_DEVICES": "3"},
+        {"CUDA_VISIBLE_DEVICES": "2"},
+    ]
+    assert serve._gpu_env([], 0) == {}
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: no GPU
+    assert serve.gpu_devices({}) == []
+    probe = "import sys, td3.serve, td3.service_commands; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "False", out.stderr
