@@ -174,7 +174,7 @@ async def upload_dataset(
         async for chunk in request.stream():
             # decompressing a bomb's chunk is CPU work: off the event loop
             await run_in_threadpool(upload.write, chunk)
-        await run_in_threadpool(upload.finish, filename)
+        await run_in_threadpool(upload.finish)
         row = await run_in_threadpool(
             service.store, db, tenant, opts, upload, settings, enqueue_parse=broker.enqueue_parse
         )

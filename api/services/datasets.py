@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import tempfile
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ from td3core.data.readers import ReaderOptions
 from td3core.errors import DataError
 
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
+
+log = logging.getLogger("td3.datasets")
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,10 @@ class Upload:
         self.file.write(chunk)
         _checked(lambda: _drain(self.guard.feed(chunk)))
 
-    def finish(self, filename: str) -> None:
+    def finish(self) -> None:
+        """The body has ended: 422 if it was empty or its gzip is truncated."""
         if self.size == 0:
-            raise APIError(422, "invalid_data", f"{filename}: the upload is empty")
+            raise APIError(422, "invalid_data", f"{self.guard.name}: the upload is empty")
         _checked(lambda: _drain(self.guard.finish()))
 
     @property
@@ -128,7 +132,7 @@ def too_large(limit: int) -> APIError:
     )
 
 
-def _drain(pieces: Any) -> None:
+def _drain(pieces: Iterator[bytes]) -> None:
     # the guard's checks run as the decompressed pieces pass; the data itself is on disk
     for _ in pieces:
         pass
@@ -266,6 +270,14 @@ def parse_stored(db: Database, dataset_id: str, settings: Settings) -> str:
         parsed = parse_upload(data, opts, sha256, limits(settings))
     except APIError as exc:
         values = {"status": FAILED, "error_code": exc.code, "error_message": exc.message}
+        outcome = FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug must still end the processing
+        log.exception("dataset %s: parsing failed with an internal error", dataset_id)
+        values = {
+            "status": FAILED,
+            "error_code": "internal",
+            "error_message": f"internal error ({type(exc).__name__}); see the worker log",
+        }
         outcome = FAILED
     else:
         values = {
