@@ -178,8 +178,10 @@ _SUMMARY_MEDIA = {
             404,
             409,
             413,
+            422,
             s409="the job has not succeeded",
             s413="the dense export would exceed the export size limit",
+            s422="invalid parameters, or the summary cannot be written in that format",
         ),
     },
 )
@@ -217,21 +219,25 @@ def download_summary(
 def _export(art: Artifact, format: SummaryFormat, *, seed: int, max_bytes: int) -> bytes:
     """The summary in another format. Imported here, not at module load: the exports
     need torch, which the API process loads only when someone asks for one."""
+    from td3core.export import summary_to_inter, summary_to_npy
     from td3core.summary import summary_from_bytes
 
     summary_file = summary_from_bytes(art.content)
-    from td3core.export import summary_to_inter, summary_to_npy
-
-    if format == "inter":
-        return summary_to_inter(summary_file, seed=seed)
     try:
+        if format == "inter":
+            return summary_to_inter(summary_file, seed=seed)
         return summary_to_npy(summary_file, max_bytes=max_bytes)
     except DataError as exc:
+        if format == "npy":  # the dense tensor is over the limit
+            raise APIError(
+                413,
+                "export_too_large",
+                f"{exc} (setting TD3_MAX_EXPORT_BYTES); download the safetensors summary "
+                "or the sampled `inter` export instead",
+            ) from exc
+        # the summary cannot be written as text (e.g. an item id holding a tab)
         raise APIError(
-            413,
-            "export_too_large",
-            f"{exc} (setting TD3_MAX_EXPORT_BYTES); download the safetensors summary "
-            "or the sampled `inter` export instead",
+            422, "export_unavailable", f"{exc}; download the safetensors summary instead"
         ) from exc
 
 

@@ -8,6 +8,7 @@ import hashlib
 import secrets
 
 import pytest
+from fastapi.testclient import TestClient
 from helpers_service import auth_headers, serving
 
 from api.main import create_app
@@ -83,19 +84,40 @@ def test_upload_job_wait_download_report(td3, data_file, worker, tmp_path):
     assert exc.value.code == "job_finished"
 
 
-def test_exports_and_html_report(td3, data_file, worker, tmp_path):
-    """The summary's other formats and the HTML report (td3core.export and
-    td3core.report_html, written by another engineer: skipped while missing)."""
-    pytest.importorskip("td3core.export")
-    pytest.importorskip("td3core.report_html")
+def _succeeded_smoke_job(td3: Client, data_file) -> str:
     ds = td3.upload(data_file)
     job = td3.create_job(ds.id, {"users": 4, "length": 8, "preset": "smoke"})
     assert td3.wait(job.id, timeout=180, poll=0.2).status == "succeeded"
-    inter = td3.download_summary(job.id, tmp_path / "s.inter", format="inter", seed=3)
+    return job.id
+
+
+def test_summary_exports(td3, data_file, worker, tmp_path, settings):
+    """The summary's other formats (td3core.export, written by another engineer:
+    skipped while it is missing)."""
+    pytest.importorskip("td3core.export")
+    job_id = _succeeded_smoke_job(td3, data_file)
+    inter = td3.download_summary(job_id, tmp_path / "s.inter", format="inter", seed=3)
     assert inter.read_text().splitlines()[0].startswith("user_id")
-    npy = td3.download_summary(job.id, tmp_path / "s.npy", format="npy")
+    again = td3.download_summary(job_id, tmp_path / "again.inter", format="inter", seed=3)
+    assert again.read_bytes() == inter.read_bytes()  # the seed fixes the sample
+    npy = td3.download_summary(job_id, tmp_path / "s.npy", format="npy")
     assert npy.read_bytes()[:6] == b"\x93NUMPY"
-    assert "<html" in td3.report_html(job.id).lower()
+    # over the export limit: 413 with the setting to change, not a huge body
+    small = settings.model_copy(update={"max_export_bytes": 64})
+    with TestClient(create_app(small)) as limited:
+        r = limited.get(
+            f"/v1/jobs/{job_id}/summary",
+            params={"format": "npy"},
+            headers={"Authorization": td3._http.headers["authorization"]},
+        )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "export_too_large"
+    assert "TD3_MAX_EXPORT_BYTES" in r.json()["error"]["message"]
+
+
+def test_html_report(td3, data_file, worker):
+    """td3core.report_html, written by another engineer: skipped while it is missing."""
+    pytest.importorskip("td3core.report_html")
+    assert "<html" in td3.report_html(_succeeded_smoke_job(td3, data_file)).lower()
 
 
 def test_labels_are_private_to_their_tenant(td3, base_url, db, data_file):
