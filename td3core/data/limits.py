@@ -151,20 +151,30 @@ class GuardedReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._buffer:
+        # Fill the whole buffer when the data is there: pyarrow parses what one read
+        # returns as one block, and blocks of 1 MiB would cost it its parallelism.
+        filled = 0
+        while filled < len(buffer):
+            if not self._buffer and not self._next_piece():
+                break
+            n = min(len(buffer) - filled, len(self._buffer))
+            buffer[filled : filled + n] = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            filled += n
+        return filled
+
+    def _next_piece(self) -> bool:
+        """Load the next decompressed piece; False at the end of the data."""
+        while True:
             piece = next(self._pieces, None)
             if piece is not None:
                 self._buffer = memoryview(piece)
-                continue
+                return True
             if self._done:
-                return 0
+                return False
             raw = self._raw.read(_PIECE)
             if raw:
                 self._pieces = self._guard.feed(raw)
             else:
                 self._done = True
                 self._pieces = self._guard.finish()
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
