@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.signing import InvalidSignature
 from api.signing import verify as verify_webhook
@@ -116,10 +116,11 @@ class ChecksumMismatch(TD3Error):
 
 
 class WaitTimeout(TD3Error):
-    """`wait` ran out of time; `job` is the last state seen."""
+    """`wait` or `wait_dataset` ran out of time; `job` is the last state seen (a `Job`
+    or a `Dataset`)."""
 
-    def __init__(self, job: Job, timeout: float):
-        super().__init__(0, "wait_timeout", f"job {job.id} still {job.status} after {timeout:g} s")
+    def __init__(self, job: Job | Dataset, timeout: float):
+        super().__init__(0, "wait_timeout", f"{job.id} still {job.status} after {timeout:g} s")
         self.job = job
 
 
@@ -157,6 +158,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class JobError(_Model):
+    code: str
+    message: str
+
+
 class Dataset(_Model):
     id: str
     name: str
@@ -165,9 +171,11 @@ class Dataset(_Model):
     size_bytes: int
     sha256: str
     preprocessing: dict[str, Any]
-    statistics: dict[str, float]
+    statistics: dict[str, float] | None = Field(None, description="None until ready")
     created_at: str | None
     labels: dict[str, str] = {}
+    status: str = Field("ready", description="processing (a worker parses it), ready, failed")
+    error: JobError | None = None
 
 
 class Progress(_Model):
@@ -178,11 +186,6 @@ class Progress(_Model):
     losses: dict[str, float] = {}
     eta_seconds: float | None = None
     message: str | None = None
-
-
-class JobError(_Model):
-    code: str
-    message: str
 
 
 class Webhook(_Model):
@@ -302,11 +305,17 @@ class Client:
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
         progress: bool = False,
+        wait: bool = True,
+        timeout: float | None = None,
+        poll: float = 1.0,
         **options: str | int | float | bool,
     ) -> Dataset:
         """Upload an interaction file, streamed (never read whole into memory).
         `options` are the upload's query parameters (`format`, `kcore`, `min_user`,
-        `dedup`, `user_col`, ...); `progress` shows a tqdm bar."""
+        `dedup`, `user_col`, ...); `progress` shows a tqdm bar. A large upload is parsed
+        by a worker: with `wait` this returns once it is ready (`ValidationFailed` if
+        its data is refused; `WaitTimeout` after `timeout` s), else at once with
+        `status == "processing"` (see `wait_dataset`)."""
         path = Path(path)
         size = path.stat().st_size
         params: list[tuple[str, str | int | float | bool]] = [("filename", path.name)]
@@ -328,7 +337,28 @@ class Client:
                 content=chunks(),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
-        return Dataset.model_validate(response.json())
+        dataset = Dataset.model_validate(response.json())
+        if wait and dataset.status == "processing":
+            return self.wait_dataset(dataset.id, timeout=timeout, poll=poll)
+        return dataset
+
+    def wait_dataset(
+        self, dataset_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> Dataset:
+        """Poll a dataset a worker is parsing until it is ready; `ValidationFailed`
+        (with the parser's code and message) if it failed, `WaitTimeout` after
+        `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            dataset = self.dataset(dataset_id)
+            if dataset.status == "failed":
+                error = dataset.error or JobError(code="invalid_data", message="parsing failed")
+                raise ValidationFailed(422, error.code, f"{dataset.filename}: {error.message}")
+            if dataset.status != "processing":
+                return dataset
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(dataset, timeout or 0.0)
+            time.sleep(poll)
 
     def dataset(self, dataset_id: str) -> Dataset:
         return Dataset.model_validate(self._request("GET", f"/v1/datasets/{dataset_id}").json())

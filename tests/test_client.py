@@ -121,6 +121,46 @@ def test_ready_needs_no_key():
     assert all("authorization" not in headers for headers in seen)
 
 
+DATASET = {
+    "id": "ds_1",
+    "name": "big.csv",
+    "filename": "big.csv",
+    "format": "csv",
+    "size_bytes": 5,
+    "sha256": "0" * 64,
+    "preprocessing": {},
+    "statistics": None,
+    "created_at": None,
+    "status": "processing",
+}
+
+
+def test_a_refused_large_upload_is_validation_failed(tmp_path):
+    """A worker parses a large upload (202, processing); its refusal comes later, as
+    the dataset's error: `upload` waits for it and raises it like an inline 422."""
+    polls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            request.read()
+            return httpx.Response(202, json=DATASET)
+        polls.append(request.url.path)
+        if len(polls) < 2:
+            return httpx.Response(200, json=DATASET)
+        error = {"code": "invalid_data", "message": "line 3: not a number"}
+        return httpx.Response(200, json={**DATASET, "status": "failed", "error": error})
+
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"a,b,c")
+    with _client(handler) as client:
+        assert client.upload(path, wait=False).status == "processing"
+        polls.clear()
+        with pytest.raises(ValidationFailed) as exc:
+            client.upload(path, poll=0.01)
+    assert exc.value.code == "invalid_data" and "big.csv: line 3" in exc.value.message
+    assert polls == ["/v1/datasets/ds_1"] * 2
+
+
 def test_unreachable_service_is_connection_failed():
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

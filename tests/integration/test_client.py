@@ -120,6 +120,19 @@ def test_html_report(td3, data_file, worker):
     assert "<html" in td3.report_html(_succeeded_smoke_job(td3, data_file)).lower()
 
 
+def test_a_large_upload_is_waited_for_until_a_worker_parsed_it(settings, db, data_file, worker):
+    """Over `inline_parse_bytes` the API stores the upload and a worker parses it;
+    `upload` returns once the dataset is ready, with its statistics and labels."""
+    parse_in_worker = settings.model_copy(update={"inline_parse_bytes": 1000})
+    assert data_file.stat().st_size > 1000
+    with serving(create_app(parse_in_worker)) as url, Client(url, _key(db, "big")) as td3:
+        pending = td3.upload(data_file, wait=False)
+        assert pending.status == "processing" and pending.statistics is None
+        ds = td3.upload(data_file, labels={"size": "large"}, timeout=120, poll=0.2)
+    assert ds.status == "ready" and ds.statistics and ds.statistics["users"] == 60
+    assert ds.labels == {"size": "large"}
+
+
 def test_labels_are_private_to_their_tenant(td3, base_url, db, data_file):
     run = f"run-{secrets.token_hex(4)}"
     ds = td3.upload(data_file, labels={"pipeline_run": run})
