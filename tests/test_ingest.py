@@ -303,3 +303,23 @@ def test_distinct_ids_counted_exactly_across_many_blocks(tmp_path):
     assert len(inter) == 1_600_000
     with pytest.raises(LimitError):
         read_interactions(path, limits=Limits(max_distinct_ids=1999))
+
+
+@pytest.mark.parametrize(
+    ("items", "order"),
+    [
+        (["10", "2", "-3"], ["-3", "2", "10"]),  # integers: numeric order, the fast path
+        (["10", "5", "05"], ["5", "05", "10"]),  # one number written two ways: 2 items
+        (["0", "-0", "7"], ["0", "-0", "7"]),
+        (["b", "10", "2"], ["10", "2", "b"]),  # not all integers: string order
+    ],
+)
+def test_item_ids_stay_distinct_strings_in_sorted_order(items, order):
+    rows = [("u", item, t) for t, item in enumerate(items)]
+    inter = read_interactions_bytes(
+        ("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows)).encode(),
+        "f.csv",
+    )
+    ds = build_dataset(inter, PreprocessConfig(kcore="none"))
+    assert ds.item_ids[1:] == order
+    assert [ds.item_ids[i] for i in ds.sequences[0]] == items
