@@ -37,6 +37,7 @@ from api.db import Database
 from api.models import Checkpoint, Job
 from api.services.auth import create_key
 from api.settings import Settings
+from td3.serve import start_worker
 
 from .conftest import private_database
 
@@ -153,7 +154,14 @@ class Stack:
     """`td3 serve` (with its worker) on a database and a private Redis, a tenant key
     and an uploaded dataset; `restart()` replaces the serve process."""
 
-    def __init__(self, home: Path, database_url: str, redis: PrivateRedis, csv: bytes):
+    def __init__(
+        self,
+        home: Path,
+        database_url: str,
+        redis: PrivateRedis,
+        csv: bytes,
+        args: tuple[str, ...] = (),
+    ):
         self.redis = redis
         tag = secrets.token_hex(3)
         self.env = {
@@ -162,6 +170,8 @@ class Stack:
             "TD3_BROKER_URL": redis.url,
             "TD3_GPU_QUEUE": f"faults-gpu-{tag}",
             "TD3_DEFAULT_QUEUE": f"faults-default-{tag}",
+            # an API without workers of its own is ready on its own
+            "TD3_READINESS_WORKERS": "0" if "--no-worker" in args else "1",
         }
         self.home = home
         self.settings = Settings(
@@ -171,7 +181,8 @@ class Stack:
         migrate.upgrade(self.settings)
         self.db = Database(database_url)
         self.headers = {"Authorization": f"Bearer {create_key(self.db, 'faults')[1]}"}
-        self.served = Served(home, self.env).start().wait_ready()
+        self.args = args
+        self.served = Served(home, self.env, args).start().wait_ready()
         self.http = httpx.Client(base_url=self.served.url, headers=self.headers, timeout=30)
         r = self.http.post("/v1/datasets", params={"filename": "s.csv"}, content=csv)
         assert r.status_code == 201, r.text
@@ -179,7 +190,7 @@ class Stack:
 
     def restart(self) -> None:
         groups = self.served.groups
-        self.served = Served(self.home, self.env).start().wait_ready()
+        self.served = Served(self.home, self.env, self.args).start().wait_ready()
         self.served.groups |= groups  # closed (killed) with it at the end
         self.http = httpx.Client(base_url=self.served.url, headers=self.headers, timeout=30)
 
@@ -359,3 +370,42 @@ def test_postgres_restarted_mid_job(tmp_path, redis_server, synthetic_csv, refer
         if stack is not None:
             stack.close()
         postgres.remove()
+
+
+def test_a_sigkilled_production_worker_is_swept_back(
+    tmp_path, redis_server, synthetic_csv, reference
+):
+    """Workers as compose runs them (no td3 serve): one dies with its whole container
+    (SIGKILL of its process group) mid-job, its replacement starts; the job's message
+    sits unacknowledged in Redis until the visibility timeout (48 h), so only the
+    replacement's orphan sweep can bring the job back, within seconds here."""
+    with private_database() as url:
+        stack = Stack(
+            tmp_path / "home",
+            url,
+            redis_server,
+            synthetic_csv,
+            args=("--no-worker",),
+        )
+        env = {**stack.env, "OMP_NUM_THREADS": "1"}
+        workers = []
+        try:
+            workers.append(start_worker(stack.settings, env=env, stdout=subprocess.DEVNULL))
+            job_id = stack.submit()
+            stack.mid_distillation(job_id)
+            os.killpg(workers[0].pid, signal.SIGKILL)
+            workers[0].wait(10)
+            workers.append(start_worker(stack.settings, env=env, stdout=subprocess.DEVNULL))
+            started = time.monotonic()
+            job = stack.finished(job_id)
+            assert job["attempts"] == 2 and time.monotonic() - started < 60
+            events = stack.http.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()
+            messages = [e["data"].get("message", "") for e in events["items"]]
+            assert "re-enqueued: no live worker held it" in messages
+            assert_same(stack.tensors(job_id), reference)
+        finally:
+            for worker in workers:
+                with suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
+            stack.close()
