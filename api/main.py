@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
 
 from api.broker import Broker
 from api.db import Database
 from api.deps import storage_quota
-from api.errors import install_error_handlers
+from api.errors import error_body, install_error_handlers
 from api.metrics import CountRequests, Metrics
 from api.middleware import BodyLimit, RequestId
 from api.routes import datasets, health, jobs
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CountRequests, metrics=app.state.metrics)
     app.add_middleware(RequestId)
     install_error_handlers(app)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.include_router(health.router)
     app.include_router(datasets.router, dependencies=[Depends(storage_quota)])
     app.include_router(jobs.router)
@@ -68,6 +71,16 @@ def operation_id(route: APIRoute) -> str:
     """The route function's name (`upload_dataset`, `create_job`, ...): what generated
     clients call their methods."""
     return route.name
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The database is down or restarting: 503 (retry), not 500 (a bug)."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        error_body("database_unavailable", "the database is unavailable; retry shortly"),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 def _declare_validation_errors(app: FastAPI) -> None:
