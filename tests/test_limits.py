@@ -89,6 +89,21 @@ def test_the_compute_estimate_follows_its_documented_formula():
     assert estimate_compute(bigger, items=items, interactions=interactions) > expected
 
 
+def test_the_cli_prints_the_estimate(capsys):
+    import json
+
+    from td3.cli import main
+
+    config = json.dumps(TINY_CONFIG)
+    assert main(["admin", "estimate", config, "--items", "40", "--interactions", "3000"]) == 0
+    units = float(capsys.readouterr().out.split()[0])
+    expected = estimate_compute(build_job_config(TINY_CONFIG), items=40, interactions=3000)
+    assert units == pytest.approx(expected, rel=1e-5)
+    bad = json.dumps({**TINY_CONFIG, "users": 10**6})
+    assert main(["admin", "estimate", bad, "--items", "40", "--interactions", "3000"]) == 2
+    assert "users" in capsys.readouterr().err
+
+
 # --- quotas, body limit, metrics (the API on SQLite, no worker) -------------------------------
 
 
