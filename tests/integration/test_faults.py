@@ -299,10 +299,8 @@ def test_a_duplicate_delivery_is_dropped(stack, reference):
     assert stack.job(job_id)["status"] == "succeeded"
     assert_same(stack.tensors(job_id), reference)
     # the worker's log records carry the job id (JSON lines)
-    assert (
-        f'"logger": "td3.worker", "message": "job {job_id}: attempt 1", "job_id": "{job_id}"'
-        in (stack.served.log(tail=0))
-    )
+    line = f'"logger": "td3.worker", "message": "job {job_id}: attempt 1", "job_id": "{job_id}"'
+    assert line in stack.served.log(tail=0)
 
 
 def test_sigkill_of_the_job_process(stack, reference):
