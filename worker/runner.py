@@ -119,13 +119,18 @@ def job_lease(db: Database, job_id: str, *, interval: float) -> Iterator[None]:
     pid = os.getpid()
 
     def renew() -> None:
+        # at once, then every `interval`: the sweep requeues a lost job only when its
+        # lease is newer than its last `enqueued_at` (which the API writes just after
+        # the first enqueue), so the lease must move past it early
         with bind(job_id=job_id):
-            while not stop.wait(interval):
+            while True:
                 try:
                     if not job_runs.heartbeat(db, job_id, pid=pid):
                         return  # no longer ours (ended, or claimed by another runner)
                 except Exception:  # noqa: BLE001 - a database blip must not end the job
                     log.warning("job %s: lease renewal failed", job_id, exc_info=True)
+                if stop.wait(interval):
+                    return
 
     thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
     thread.start()
