@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers_serve import ROOT, Served, alive, wait_for
+
+from api import migrate
+from api.db import Database
+from api.lifecycle import JobStatus
+from api.models import Job, Tenant, new_id, utcnow
+from api.services import job_runs, workers
+from api.settings import Settings
+from td3 import serve
+from worker.celery_app import Housekeeper
 
 pytestmark = pytest.mark.integration  # real processes (no Postgres or Redis needed)
 
@@ -83,8 +95,6 @@ def test_readyz_is_503_without_a_live_worker(tmp_path):
 
 
 def test_one_gpu_per_worker_without_loading_torch(monkeypatch):
-    from td3 import serve
-
     assert serve.gpu_devices({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
     assert serve.gpu_devices({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert [serve._gpu_env(["2", "3"], i) for i in range(3)] == [
@@ -100,3 +110,66 @@ def test_one_gpu_per_worker_without_loading_torch(monkeypatch):
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _running_job(db: Database, *, worker: str, pid: int, lease_age: float) -> str:
+    job_id = new_id("job")
+    beat = utcnow() - timedelta(seconds=lease_age)
+    with db.transaction() as session:
+        tenant = Tenant(id=new_id("ten"), name=new_id("t"), created_at=utcnow())
+        session.add(tenant)
+        session.flush()
+        session.add(
+            Job(
+                id=job_id,
+                tenant_id=tenant.id,
+                status=JobStatus.RUNNING,
+                config={},
+                attempts=1,
+                cancel_requested=False,
+                worker=worker,
+                worker_pid=pid,
+                created_at=beat,
+                updated_at=beat,
+                enqueued_at=beat - timedelta(seconds=1),
+            )
+        )
+    return job_id
+
+
+def test_the_sweep_requeues_a_lost_runner_once_and_the_housekeeper_beats(tmp_path):
+    """A runner elsewhere whose lease ran out is requeued by the sweep, once (its message
+    then waits for a free worker); a live lease is left alone; a worker's housekeeping
+    thread writes its heartbeat row and sweeps on its own."""
+    settings = Settings(home=tmp_path, lease_seconds=5, heartbeat_interval=0.1, sweep_interval=0.1)
+    migrate.upgrade(settings)
+    db = Database(settings.database_url)
+    lost = _running_job(db, worker="td3-1@elsewhere", pid=1, lease_age=60)
+    live = _running_job(db, worker="td3-2@elsewhere", pid=1, lease_age=1)
+    here = _running_job(db, worker=f"td3-3@{socket.gethostname()}", pid=os.getpid(), lease_age=1)
+
+    sent: list[str] = []
+    assert job_runs.requeue_orphans(db, sent.append, lease_seconds=5, queued=False) == [lost]
+    assert job_runs.requeue_orphans(db, sent.append, lease_seconds=5, queued=False) == []
+    assert sent == [lost] and live not in sent and here not in sent
+    assert job_runs.heartbeat(db, here, pid=os.getpid())
+    assert not job_runs.heartbeat(db, here, pid=os.getpid() + 1)  # not its runner
+
+    lost_again = _running_job(db, worker="td3-4@elsewhere", pid=1, lease_age=60)
+    keeper = Housekeeper(settings, "td3-test@here", supervisor=None)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 20
+        while workers.live_count(db, lease_seconds=5) < 1 or not list(
+            (tmp_path / "broker" / "queue").iterdir()
+        ):
+            assert time.monotonic() < deadline, "no heartbeat or no sweep"
+            time.sleep(0.1)
+    finally:
+        keeper.stop()
+    assert workers.live_count(db, lease_seconds=5) == 0  # a stopped worker deregisters
+    with db.session() as session:
+        assert (
+            session.get_one(Job, lost_again).enqueued_at
+            > session.get_one(Job, lost_again).updated_at
+        )
