@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 from torch import nn
 
 from td3core.errors import DataError
-from td3core.serialization import read_metadata
+from td3core.serialization import read_metadata, safetensors_bytes
 
 SUMMARY_FORMAT = "td3-summary/1"
 _TENSORS = ("G", "U", "T", "V")
@@ -93,7 +92,7 @@ def summary_to_bytes(
 ) -> bytes:
     if len(item_ids) != summary.V.shape[0] or item_ids[0] is not None:
         raise ValueError("item_ids must have n_items+1 entries with None (padding) first")
-    tensors = {name: getattr(summary, name).detach().cpu().contiguous() for name in _TENSORS}
+    tensors = {name: getattr(summary, name).detach().cpu().numpy() for name in _TENSORS}
     metadata = {
         "format": SUMMARY_FORMAT,
         "item_ids": json.dumps(item_ids),
@@ -101,7 +100,9 @@ def summary_to_bytes(
         "config": json.dumps(config, sort_keys=True),
         "dataset_sha256": dataset_sha256,
     }
-    return save_bytes(tensors, metadata=metadata)
+    # the same summary, the same bytes (safetensors' own writer orders the metadata by
+    # a per-process hash)
+    return safetensors_bytes(tensors, metadata)
 
 
 def summary_from_bytes(data: bytes, *, source: str = "summary") -> SummaryFile:

@@ -105,3 +105,40 @@ def test_dataset_yields_soft_sequences_from_a_path_bytes_or_file(tmp_path):
 def test_dataset_refuses_what_is_not_a_summary(tmp_path):
     with pytest.raises(DataError):
         SummaryDataset(b"not a summary")
+
+
+def test_summary_bytes_depend_only_on_the_summary():
+    """The same summary gives the same bytes, in this process and in another (the
+    safetensors library orders metadata by a per-process hash)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\n"
+        "from td3core.summary import TuckerSummary, summary_to_bytes\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "s = TuckerSummary(3, 4, 2, torch.randn(6, 3, generator=g), generator=g)\n"
+        "ids = [None, *map(str, range(1, 6))]\n"
+        "blob = summary_to_bytes(s, item_ids=ids, config={'b': 1, 'a': [2]}, dataset_sha256='x')\n"
+        "print(hashlib.sha256(blob).hexdigest())\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout == runs[1].stdout
+    file = make()
+    blobs = {
+        hashlib.sha256(
+            summary_to_bytes(
+                file.summary, item_ids=file.item_ids, config=file.config, dataset_sha256="ab"
+            )
+        ).hexdigest()
+        for _ in range(5)
+    }
+    assert len(blobs) == 1
+    again = summary_from_bytes(
+        summary_to_bytes(file.summary, item_ids=file.item_ids, config={}, dataset_sha256="ab")
+    )
+    assert torch.equal(again.summary.G, file.summary.G) and again.item_ids == file.item_ids
