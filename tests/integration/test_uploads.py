@@ -375,3 +375,35 @@ def test_bombs_keep_a_real_api_process_small(bounded, auth, capsys):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# --- the same data and settings give the same summary -------------------------------------
+
+
+def test_same_data_and_settings_give_identical_summary_bytes(client, auth, worker):
+    """Two uploads of one file, one job each: byte-identical summaries, and no server
+    path anywhere in the summary's metadata."""
+    from td3core.serialization import read_metadata
+
+    digests, blobs = set(), []
+    for _ in range(2):
+        ds = post(client, auth, synthetic()).json()
+        job = client.post(
+            "/v1/jobs", json={"dataset_id": ds["id"], "config": TINY_CONFIG}, headers=auth
+        ).json()
+        deadline = time.monotonic() + 180
+        while (state := client.get(f"/v1/jobs/{job['id']}", headers=auth).json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.3)
+        assert state["status"] == "succeeded", state
+        r = client.get(f"/v1/jobs/{job['id']}/summary", headers=auth)
+        digests.add(r.headers["x-content-sha256"])
+        blobs.append(r.content)
+    assert len(digests) == 1
+    metadata = read_metadata(blobs[0])
+    assert "corpus.csv" in metadata["config"]
+    for leak in (tempfile.gettempdir(), "td3-upload", "/tmp/"):
+        assert leak not in "".join(metadata.values())
