@@ -168,6 +168,9 @@ def test_the_sweep_requeues_a_lost_runner_once_and_the_housekeeper_beats(tmp_pat
     finally:
         keeper.stop()
     assert workers.live_count(db, lease_seconds=5) == 0  # a stopped worker deregisters
+    workers.beat(db, "td3-old@gone", host="gone", pid=1)
+    assert workers.prune(db, older_than=3600) == 0
+    assert workers.prune(db, older_than=-1) == 1  # silent for longer than that: forgotten
     with db.session() as session:
         assert (
             session.get_one(Job, lost_again).enqueued_at

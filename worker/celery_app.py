@@ -36,6 +36,8 @@ log = logging.getLogger("td3.worker")
 
 # Set by `td3 serve` for the workers it starts: the pid to outlive never.
 SUPERVISOR_ENV = "TD3_SUPERVISOR_PID"
+# heartbeat rows of workers silent this long (seconds) are deleted by the sweeps
+FORGET_AFTER = 24 * 3600
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -94,6 +96,7 @@ class Housekeeper(threading.Thread):
             broker.close()
         if ids:
             log.warning("re-enqueued %d orphaned job(s): %s", len(ids), ", ".join(ids))
+        workers.prune(self.db, older_than=FORGET_AFTER)
         return ids
 
     def stop(self) -> None:

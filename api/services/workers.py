@@ -5,8 +5,9 @@ knows how many workers are alive without reaching them."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 
 from api.db import Database
 from api.models import Worker, utcnow
@@ -30,6 +31,15 @@ def gone(db: Database, name: str) -> None:
     """A worker shutting down removes its row (a killed one just stops beating)."""
     with db.transaction() as session:
         session.execute(delete(Worker).where(Worker.name == name))
+
+
+def prune(db: Database, *, older_than: float) -> int:
+    """Forget workers silent for `older_than` seconds (killed ones never deregister);
+    returns how many."""
+    since = utcnow() - timedelta(seconds=older_than)
+    with db.transaction() as session:
+        result = session.execute(delete(Worker).where(Worker.heartbeat_at < since))
+        return cast(CursorResult[Any], result).rowcount
 
 
 def live_count(db: Database, *, lease_seconds: float) -> int:
