@@ -19,6 +19,7 @@ from typing import Any
 from api.settings import Settings
 from td3.client import Client, Event, TD3Error, WaitTimeout
 from td3.tables import evaluation_markdown
+from td3core.config import ALT_MIN_LENGTH
 
 
 def _free_port() -> int:
@@ -48,7 +49,7 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "inner_steps": args.inner_steps,
         "window": args.window,
-        "alt": args.length >= 7,
+        "alt": args.length >= ALT_MIN_LENGTH,
         "select_steps": 20,
         "seed": 0,
         "real_batch": 512,
