@@ -160,9 +160,14 @@ def _run(client: Client, args: argparse.Namespace, settings: Settings) -> int:
     )
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     _say(f"summary: {out} ({out.stat().st_size} bytes, sha256 {digest} verified)")
+    # The whole report goes to files (JSON and a self-contained HTML page); the terminal
+    # gets the comparison alone.
     report = client.report(job.id)
-    _say("report:")
-    _say(report.model_dump_json(indent=2))
+    report_json = out.with_name(f"{job.id}-report.json")
+    report_json.write_text(report.model_dump_json(indent=2))
+    report_html = out.with_name(f"{job.id}-report.html")
+    report_html.write_text(client.report_html(job.id))
+    _say(f"report: {report_json} (open {report_html} in a browser)")
     _say("\nevaluation on the test split (percent; same split and negatives for every row):")
     _say(evaluation_markdown(report.evaluation))
     return 0

@@ -3,6 +3,7 @@ $TD3_HOME), a real Celery worker subprocess, one tiny job end to end via `demo`.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,8 +88,12 @@ def test_embedded_demo_end_to_end(tmp_path):
     assert r.returncode == 0, (
         r.stdout[-3000:] + r.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
     )
-    assert "verified" in r.stdout and '"format": "td3-report/1"' in r.stdout
-    assert "| summary |" in r.stdout  # the evaluation table
+    assert "verified" in r.stdout
+    assert "| summary |" in r.stdout  # the evaluation table, and only it: the report is a file
+    assert '"format"' not in r.stdout
+    (report,) = tmp_path.glob("job_*-report.json")  # beside the summary
+    assert json.loads(report.read_text())["format"] == "td3-report/1"
+    assert "<svg" in report.with_suffix(".html").read_text()
     assert "[teacher]" in r.stdout
     assert out.stat().st_size > 0
     assert (tmp_path / "home" / "td3.db").exists()
