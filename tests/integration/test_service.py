@@ -295,7 +295,7 @@ BIG = b"user_id,item_id,timestamp\n" + b"1,2,3\n" * 20_000
         ({}, b"user,item_id,timestamp\n1,2,3\n", 422, "user_id"),
         ({}, b"user_id,item_id,timestamp\n1,2,3\n1,3,yesterday\n", 422, ":3"),
         ({}, BIG, 413, "limit"),
-        ({"format": "parquet"}, b"user_id,item_id,timestamp\n1,2,3\n", 422, "format"),
+        ({"format": "xlsx"}, b"user_id,item_id,timestamp\n1,2,3\n", 422, "format"),
         ({"min_user": -1}, b"user_id,item_id,timestamp\n1,2,3\n", 422, "min_user"),
     ],
     ids=[
