@@ -188,8 +188,10 @@ def test_a_missing_job_does_not_transition(db: Database) -> None:
 )
 def test_cancel(db: Database, tenant: Tenant, current: JobStatus, after: JobStatus) -> None:
     job_id = make_job(db, tenant, current)
-    job = jobs.cancel(db, tenant, job_id)
+    webhooks: list[str] = []
+    job = jobs.cancel(db, tenant, job_id, enqueue_webhook=webhooks.append)
     assert job.status == after
+    assert webhooks == []  # the job has no webhook URL
     moved = [after.value] if after != current else []
     assert status_events(db, job_id) == moved
 
@@ -198,7 +200,7 @@ def test_cancel(db: Database, tenant: Tenant, current: JobStatus, after: JobStat
 def test_cancel_of_a_finished_job_is_409(db: Database, tenant: Tenant, current: JobStatus) -> None:
     job_id = make_job(db, tenant, current)
     with pytest.raises(APIError) as exc:
-        jobs.cancel(db, tenant, job_id)
+        jobs.cancel(db, tenant, job_id, enqueue_webhook=pytest.fail)
     assert exc.value.status == 409 and exc.value.code == "job_finished"
     assert job_row(db, job_id).status == current
 
@@ -209,7 +211,7 @@ def test_cancel_of_another_tenants_job_is_404(db: Database, tenant: Tenant) -> N
         session.add(other)
     job_id = make_job(db, tenant, JobStatus.QUEUED)
     with pytest.raises(APIError) as exc:
-        jobs.cancel(db, other, job_id)
+        jobs.cancel(db, other, job_id, enqueue_webhook=pytest.fail)
     assert exc.value.status == 404 and job_row(db, job_id).status == JobStatus.QUEUED
 
 
