@@ -282,7 +282,7 @@ def end_to_end(
     name: str, epochs: int, device: str, threads: int, data_root: Path
 ) -> dict[str, Any]:
     """Teacher + `epochs` epochs of distillation (with the per-epoch selection) on the
-    real file, with the authors' batches (REFERENCE table) and the library defaults."""
+    real file, with the authors' batches (docs/METHOD.md §1) and the library defaults."""
     torch.set_num_threads(threads)
     spec = REAL[name]
     phases: dict[str, float] = {}

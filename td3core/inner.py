@@ -1,4 +1,4 @@
-"""The loss a learner minimises on a synthetic summary (REFERENCE §1).
+"""The loss a learner minimises on a synthetic summary (docs/METHOD.md §1).
 
 Shared by the distillation's inner loop and by training a model on a finished
 summary, so both optimise exactly the same objective.

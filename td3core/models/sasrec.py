@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from td3core.config import ModelConfig
 
 # Added to masked attention scores. Finite on purpose: -inf on a row with nothing
-# to attend to gives NaN, which then ranks as a hit (REFERENCE.md §2, the NaN trap).
+# to attend to gives NaN, which then ranks as a hit (docs/METHOD.md §2, the NaN trap).
 MASK_VALUE = -10000.0
 
 
