@@ -132,7 +132,8 @@ class DistillConfig(_Settings):
     )
     backend: Literal["func", "higher"] = Field(
         "func",
-        description="differentiable inner loop: torch.func (default) or the `higher` package",
+        description="differentiable inner loop: 'func', the fast engine (default), or "
+        "'higher', the straightforward reference engine on the `higher` package",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
