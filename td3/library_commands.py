@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -28,6 +28,7 @@ from td3core.config import (
     JobConfig,
 )
 from td3core.data import FORMATS as READER_FORMATS
+from td3core.data.preprocess import Dedup, KCore
 from td3core.errors import DataError, TD3Error
 
 EXIT_USAGE = 2
@@ -244,10 +245,10 @@ def _data_options(p: argparse.ArgumentParser, *, preprocessing: bool = True) -> 
     p.add_argument("--quiet", action="store_true", help="no progress output")
     if not preprocessing:
         return
-    p.add_argument("--kcore", choices=("none", "one-pass", "iterative"))
+    p.add_argument("--kcore", choices=get_args(KCore))
     p.add_argument("--min-user", type=int)
     p.add_argument("--min-item", type=int)
-    p.add_argument("--dedup", choices=("none", "keep-first", "keep-last"))
+    p.add_argument("--dedup", choices=get_args(Dedup))
     p.add_argument("--max-len", type=int, help="history length (default: --length)")
 
 

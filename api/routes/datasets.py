@@ -5,7 +5,7 @@ the reader's generated from `td3core.data.readers.ReaderOptions`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field, ValidationError, create_model
@@ -17,6 +17,7 @@ from api.labels import LabelQuery, parse_label_filters
 from api.models import Dataset
 from api.schemas import DatasetList, DatasetOut, DatasetStatistics, ErrorOut
 from api.services import datasets as service
+from td3core.data.preprocess import Dedup, KCore
 from td3core.data.readers import ReaderOptions
 
 router = APIRouter(
@@ -132,8 +133,8 @@ async def upload_dataset(
     reader: ReaderDep,
     filename: Annotated[str, Query(min_length=1, max_length=255)] = "upload",
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    dedup: Literal["none", "keep-first", "keep-last"] | None = None,
-    kcore: Literal["none", "one-pass", "iterative"] | None = None,
+    dedup: Dedup | None = None,
+    kcore: KCore | None = None,
     min_user: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     min_item: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     min_rating: float | None = None,

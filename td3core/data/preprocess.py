@@ -25,14 +25,17 @@ from td3core.errors import DataError
 
 MIN_SEQUENCE = 3  # one train, one valid and one test target need >= 3 items
 
+Dedup = Literal["none", "keep-first", "keep-last"]
+KCore = Literal["none", "one-pass", "iterative"]
+
 
 class PreprocessConfig(BaseModel):
     """How raw interactions become sequences. Defaults are the TD3 authors' filter."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dedup: Literal["none", "keep-first", "keep-last"] = "none"
-    kcore: Literal["none", "one-pass", "iterative"] = Field(
+    dedup: Dedup = "none"
+    kcore: KCore = Field(
         "one-pass",
         description="'one-pass': users and items both counted on the unfiltered "
         "data (the TD3 authors' filter); 'iterative': repeat until every count holds",
