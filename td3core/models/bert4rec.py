@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from td3core.data.samples import Samples
-from td3core.models.layers import Output, embed_input, gather_last, valid_positions
+from td3core.models.layers import (
+    Output,
+    SequentialRecommender,
+    embed_input,
+    gather_last,
+    valid_positions,
+)
 from td3core.models.sasrec import MASK_VALUE, Block, SASRec
 
 
@@ -48,7 +54,7 @@ def cloze_mask(
     return torch.where((only_last | ~drawn.any(-1)).unsqueeze(-1), last, drawn)
 
 
-class BERT4Rec(nn.Module):
+class BERT4Rec(SequentialRecommender):
     def __init__(
         self,
         n_items: int,
@@ -153,13 +159,6 @@ class BERT4Rec(nn.Module):
         """Features at the [mask] appended after the history: [B, H]."""
         return self.next_features(items, lengths)
 
-    def logits(self, features: Tensor) -> Tensor:
-        """Tied output plus a per-item bias: [..., H] -> [..., n_items+1] (column 0 is padding)."""
-        return features @ self.item_embedding.weight.T + self.output_bias
-
-    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
-
     def training_loss(self, batch: Samples, generator: torch.Generator) -> Tensor:
         """The cloze loss on real samples: history + target as one sequence, masked
         positions predicted with full-softmax cross-entropy over items 1..n."""
@@ -170,6 +169,10 @@ class BERT4Rec(nn.Module):
         features = self.sequence_features(sequence, lengths, masked=masked)  # [B, L', H]
         logits = self.logits(features[masked])  # [M, n+1], M masked positions
         return F.cross_entropy(logits[:, 1:], sequence[masked] - 1)
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Tied output plus a per-item bias: [..., H] -> [..., n_items+1] (column 0 is padding)."""
+        return features @ self.item_embedding.weight.T + self.output_bias
 
     def forward(
         self,

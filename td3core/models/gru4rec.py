@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from td3core.models.layers import Output, embed_input, gather_last, select_output
+from td3core.models.layers import SequentialRecommender, embed_input, gather_last
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(SequentialRecommender):
     def __init__(
         self,
         n_items: int,
@@ -59,19 +59,3 @@ class GRU4Rec(nn.Module):
     def last_features(self, items: Tensor, lengths: Tensor) -> Tensor:
         """Features at the last valid position: [B, E]."""
         return gather_last(self.sequence_features(items, lengths), lengths)
-
-    def logits(self, features: Tensor) -> Tensor:
-        """Tied output layer: [..., E] -> [..., n_items+1] (column 0 is padding)."""
-        return features @ self.item_embedding.weight.T
-
-    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
-
-    def forward(
-        self,
-        items: Tensor | None = None,
-        lengths: Tensor | None = None,
-        probs: Tensor | None = None,
-        output: Output = "features",
-    ) -> Tensor:
-        return select_output(self, items, lengths, probs, output)

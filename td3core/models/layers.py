@@ -4,7 +4,7 @@ file holds only what makes that model different."""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -48,33 +48,45 @@ def gather_last(features: Tensor, lengths: Tensor) -> Tensor:
 Output = Literal["features", "last", "logits", "scores"]
 
 
-class CausalModel(Protocol):
-    """What `select_output` needs from a causal model."""
+class SequentialRecommender(nn.Module):
+    """What every learner of the zoo shares: the output over the model's own item table
+    (tied), scoring for evaluation, and one `forward` for `torch.func.functional_call`
+    (which only calls forward). A model defines `sequence_features` and
+    `last_features`; a bidirectional one (BERT4Rec) also its own `forward`."""
+
+    item_embedding: nn.Embedding  # [n_items+1, H], row 0 = padding
 
     def sequence_features(
         self,
         items: Tensor | None = None,
         lengths: Tensor | None = None,
         probs: Tensor | None = None,
-    ) -> Tensor: ...
+    ) -> Tensor:  # [B, L, H]
+        raise NotImplementedError
 
-    def logits(self, features: Tensor) -> Tensor: ...
+    def last_features(self, items: Tensor, lengths: Tensor) -> Tensor:  # [B, H]
+        raise NotImplementedError
 
+    def logits(self, features: Tensor) -> Tensor:
+        """Tied output: [..., H] -> [..., n_items+1] (column 0 is padding)."""
+        return features @ self.item_embedding.weight.T
 
-def select_output(
-    model: CausalModel,
-    items: Tensor | None,
-    lengths: Tensor | None,
-    probs: Tensor | None,
-    output: Output,
-) -> Tensor:
-    """The `forward` of a causal model, one entry point for `torch.func.functional_call`
-    (which only calls forward): "features" [B, L, H] and "logits" [B, L, n+1] cover
-    every position, "last" [B, H] and "scores" [B, n+1] the last valid one
-    (lengths - 1, or L - 1 without lengths)."""
-    features = model.sequence_features(items, lengths, probs)  # [B, L, H]
-    if output in ("last", "scores"):
-        features = features[:, -1] if lengths is None else gather_last(features, lengths)
-    if output in ("logits", "scores"):
-        return model.logits(features)
-    return features
+    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
+        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
+
+    def forward(
+        self,
+        items: Tensor | None = None,
+        lengths: Tensor | None = None,
+        probs: Tensor | None = None,
+        output: Output = "features",
+    ) -> Tensor:
+        """ "features" [B, L, H] and "logits" [B, L, n+1] cover every position; "last"
+        [B, H] and "scores" [B, n+1] the last valid one (lengths - 1, or L - 1 without
+        lengths)."""
+        features = self.sequence_features(items, lengths, probs)  # [B, L, H]
+        if output in ("last", "scores"):
+            features = features[:, -1] if lengths is None else gather_last(features, lengths)
+        if output in ("logits", "scores"):
+            return self.logits(features)
+        return features

@@ -21,15 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from td3core.models.layers import (
-    Output,
+    SequentialRecommender,
     embed_input,
     gather_last,
-    select_output,
     valid_positions,
 )
 
 
-class NARM(nn.Module):
+class NARM(SequentialRecommender):
     def __init__(
         self,
         n_items: int,
@@ -93,19 +92,3 @@ class NARM(nn.Module):
         states, valid = self._states(items, lengths, None)
         query = gather_last(states, lengths).unsqueeze(1)  # [B, 1, hidden]
         return self._encode(states, query, valid.unsqueeze(1)).squeeze(1)
-
-    def logits(self, features: Tensor) -> Tensor:
-        """Output over the item table: [..., E] -> [..., n_items+1] (column 0 is padding)."""
-        return features @ self.item_embedding.weight.T
-
-    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
-
-    def forward(
-        self,
-        items: Tensor | None = None,
-        lengths: Tensor | None = None,
-        probs: Tensor | None = None,
-        output: Output = "features",
-    ) -> Tensor:
-        return select_output(self, items, lengths, probs, output)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from td3core.config import ModelConfig
+from td3core.models.layers import SequentialRecommender, gather_last
 
 # Added to masked attention scores. Finite on purpose: -inf on a row with nothing
 # to attend to gives NaN, which then ranks as a hit (docs/METHOD.md §2, the NaN trap).
@@ -99,7 +99,7 @@ class Block(nn.Module):
         return self.feed_forward(self.attention(x, mask, query))
 
 
-class SASRec(nn.Module):
+class SASRec(SequentialRecommender):
     def __init__(
         self,
         n_items: int,
@@ -205,12 +205,6 @@ class SASRec(nn.Module):
         allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
         return x, torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
 
-    @staticmethod
-    def gather_last(features: Tensor, lengths: Tensor) -> Tensor:
-        """[B, L, H] -> [B, H] at positions lengths - 1."""
-        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, features.shape[-1])  # [B, 1, H]
-        return features.gather(1, index).squeeze(1)
-
     def last_features(self, items: Tensor, lengths: Tensor, *, last_only: bool = False) -> Tensor:
         """Hidden state at the last valid position: [B, H].
 
@@ -220,7 +214,7 @@ class SASRec(nn.Module):
         in training mode it draws dropout masks only for what it computes, so the
         random stream differs from the full pass."""
         if not last_only:
-            return self.gather_last(self.sequence_features(items, lengths), lengths)
+            return gather_last(self.sequence_features(items, lengths), lengths)
         x, mask = self._block_inputs(items, lengths, None)
         *earlier, last = self.blocks
         for block in earlier:
@@ -228,30 +222,3 @@ class SASRec(nn.Module):
         rows, index = torch.arange(len(x), device=x.device), lengths - 1
         query = x[rows, index].unsqueeze(1)  # [B, 1, H]
         return last(x, mask[rows, :, index].unsqueeze(2), query).squeeze(1)  # mask [B,1,1,L]
-
-    def logits(self, features: Tensor) -> Tensor:
-        """Tied output layer: [..., H] -> [..., n_items+1] (column 0 is padding)."""
-        return features @ self.item_embedding.weight.T
-
-    def score_all(self, items: Tensor, lengths: Tensor) -> Tensor:
-        return self.logits(self.last_features(items, lengths))  # [B, n_items+1]
-
-    def forward(
-        self,
-        items: Tensor | None = None,
-        lengths: Tensor | None = None,
-        probs: Tensor | None = None,
-        output: Literal["features", "last", "logits", "scores"] = "features",
-    ) -> Tensor:
-        """One entry point for `torch.func.functional_call`, which only calls forward.
-
-        "features" [B, L, H] and "logits" [B, L, n+1] cover every position; "last"
-        [B, H] and "scores" [B, n+1] the last valid one (lengths - 1, or L - 1 when
-        lengths is None).
-        """
-        features = self.sequence_features(items, lengths, probs)  # [B, L, H]
-        if output in ("last", "scores"):
-            features = features[:, -1] if lengths is None else self.gather_last(features, lengths)
-        if output in ("logits", "scores"):
-            return self.logits(features)
-        return features
