@@ -16,6 +16,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from td3core.config import DEFAULT_TORCH_THREADS
+
 
 def default_home() -> Path:
     return Path("~/.td3").expanduser()
@@ -116,6 +118,9 @@ class Settings(BaseSettings):
         512 * 1024 * 1024, ge=1, description="size limit of a dense (npy) summary export"
     )
     device: str = Field("", description="torch device; default cuda if available")
+    torch_threads: int = Field(
+        DEFAULT_TORCH_THREADS, ge=1, le=1024, description="torch intra-op threads of a job"
+    )
     polling_interval: float = Field(0.2, gt=0, description="serverless broker polling interval")
     progress_interval: float = Field(1.0, ge=0, description="min seconds between progress events")
 

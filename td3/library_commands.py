@@ -20,6 +20,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from td3core.config import (
+    DEFAULT_TORCH_THREADS,
     EVALUATIONS,
     LEARNER_NAMES,
     OBJECTIVES,
@@ -225,6 +226,12 @@ def _doc(field: str, text: str) -> str:
 def _data_options(p: argparse.ArgumentParser, *, preprocessing: bool = True) -> None:
     p.add_argument("data", metavar="DATA", help="interaction file")
     p.add_argument("--format", choices=FORMATS, help="file format (default: auto / the job's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_TORCH_THREADS,
+        help=f"torch CPU threads (default {DEFAULT_TORCH_THREADS}, as the service's workers)",
+    )
     # the reader's column mapping (td3core.data.readers.ReaderOptions; unset: its default)
     p.add_argument("--user-col", help="column of the user ids (default user_id)")
     p.add_argument("--item-col", help="column of the item ids (default item_id)")
@@ -299,10 +306,14 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_device(device: str | None) -> str:
+def _torch_setup(args: argparse.Namespace) -> str:
+    """Set torch's CPU threads and return the checked device."""
     import torch
 
-    device = device or _default_device()
+    if not 1 <= args.threads <= 1024:
+        raise TD3Error("--threads must be between 1 and 1024")
+    torch.set_num_threads(args.threads)
+    device = args.device or _default_device()
     try:
         parsed = torch.device(device)
     except RuntimeError as exc:
@@ -360,7 +371,7 @@ def _distill(args: argparse.Namespace) -> int:
     from td3core.pipeline import run_job
     from td3core.report import report_json
 
-    device = _check_device(args.device)
+    device = _torch_setup(args)
     config = distill_job_config(
         args,
         **_given(max_len=args.max_len, evaluations=args.eval, eval_seeds=args.eval_seeds),
@@ -406,7 +417,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from td3core.experiment import Experiment, evaluation_rows, evaluation_table
     from td3core.summary import load_summary
 
-    device = _check_device(args.device)
+    device = _torch_setup(args)
     if not Path(args.summary).is_file():
         raise DataError("file not found", file=args.summary)
     stored = load_summary(args.summary)
@@ -461,7 +472,7 @@ def _baseline(args: argparse.Namespace) -> int:
     from td3.progress import CliHooks, run_progress
     from td3core.experiment import Experiment, evaluation_rows, evaluation_table
 
-    device = _check_device(args.device)
+    device = _torch_setup(args)
     # The job settings validate the budget and the recipe exactly as for `distill`.
     config = JobConfig.model_validate(
         {

@@ -28,6 +28,10 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 # zeta >= 7 (the authors' code crashes below that).
 ALT_FIRST_POSITION = 5
 ALT_MIN_LENGTH = ALT_FIRST_POSITION + 2
+# One intra-op thread by default: distillation and the small learners are bound by
+# per-op overhead, not arithmetic. On 2 cores a second thread gained ~15 % when the
+# other core was idle and ran 8-12x slower when another process held it (bench/README).
+DEFAULT_TORCH_THREADS = 1
 # Seeds are offset and combined (seed + i, several streams per run): keeping them to
 # 32 bits leaves every derived value inside what torch and numpy accept.
 MAX_SEED = 2**32 - 1

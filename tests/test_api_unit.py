@@ -289,3 +289,17 @@ def test_docker_compose_config_parses():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_job_runs_with_the_configured_torch_threads(tmp_path):
+    import torch
+
+    from worker.runner import _device
+
+    before = torch.get_num_threads()
+    try:
+        assert _device(Settings(home=tmp_path, device="cpu", torch_threads=1)) == "cpu"
+        assert torch.get_num_threads() == 1
+        assert Settings(home=tmp_path).child_env()["TD3_TORCH_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)

@@ -155,6 +155,7 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
         (["--users", "0"], "distill.users"),
         (["--learner-steps", "0"], "learner.max_steps"),
         (["--device", "tpu"], "--device"),
+        (["--threads", "0"], "--threads"),
     ],
 )
 def test_distill_bad_settings(data, tmp_path, capsys, extra, needle):

@@ -142,10 +142,12 @@ def job_lease(db: Database, job_id: str, *, interval: float) -> Iterator[None]:
 
 
 def _device(settings: Settings) -> str:
-    if settings.device:
-        return settings.device
+    """The job's torch device, with the job's number of CPU threads set."""
     import torch
 
+    torch.set_num_threads(settings.torch_threads)
+    if settings.device:
+        return settings.device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
