@@ -176,3 +176,25 @@ def test_the_sweep_requeues_a_lost_runner_once_and_the_housekeeper_beats(tmp_pat
             session.get_one(Job, lost_again).enqueued_at
             > session.get_one(Job, lost_again).updated_at
         )
+
+
+def test_the_sweep_sends_the_webhooks_of_jobs_it_did_not_see_end(tmp_path):
+    """A job that ended without its task sending the webhook (failed by the sweep as
+    worker_lost, or a task that died after the final status) gets it from the next sweep,
+    once."""
+    settings = Settings(home=tmp_path, lease_seconds=5)
+    migrate.upgrade(settings)
+    db = Database(settings.database_url)
+    ended = _running_job(db, worker="td3-1@elsewhere", pid=1, lease_age=1)
+    with db.transaction() as session:
+        job = session.get_one(Job, ended)
+        job.status, job.webhook_url = JobStatus.FAILED, "https://hooks.example/td3"
+    keeper = Housekeeper(settings, "td3-test@here", supervisor=None)
+    queue = tmp_path / "broker" / "queue"
+    keeper.sweep()
+    with db.session() as session:
+        assert session.get_one(Job, ended).webhook_status == "queued"
+    sent = list(queue.iterdir())
+    assert len(sent) == 1 and ended.encode() in sent[0].read_bytes()
+    keeper.sweep()
+    assert len(list(queue.iterdir())) == 1  # not twice

@@ -56,7 +56,8 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class Housekeeper(threading.Thread):
-    """Heartbeat, orphan sweep and supervisor watchdog of one worker node."""
+    """Heartbeat, orphan sweep (and due webhooks) and supervisor watchdog of one worker
+    node."""
 
     def __init__(self, settings: Settings, node: str, *, supervisor: int | None):
         super().__init__(name="td3-housekeeper", daemon=True)
@@ -92,6 +93,9 @@ class Housekeeper(threading.Thread):
                 lease_seconds=self.settings.lease_seconds,
                 queued=False,
             )
+            # jobs ended here (e.g. worker_lost) or by a task that died before sending
+            # get their webhooks now, not when some later task happens to finish
+            job_runs.dispatch_webhooks(self.db, broker.enqueue_webhook)
         finally:
             broker.close()
         if ids:
