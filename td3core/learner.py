@@ -23,7 +23,7 @@ KL terms are KL(S || softmax(logits)) over real items (column 0 dropped), batch-
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast, overload
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,40 +125,6 @@ def fresh_learner(
         with torch.no_grad():
             table.copy_(item_embeddings)
     return model
-
-
-@overload
-def train_on_summary(
-    summary: TuckerSummary,
-    split: Split,
-    negatives_valid: Tensor,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    *,
-    alt: bool = ...,
-    item_embeddings: Tensor | None = ...,
-    device: torch.device | str = ...,
-    learner: Literal["sasrec"] = ...,
-    size: Mapping[str, Any] | None = ...,
-    objective: Objective = ...,
-) -> tuple[SASRec, FitResult]: ...
-
-
-@overload
-def train_on_summary(
-    summary: TuckerSummary,
-    split: Split,
-    negatives_valid: Tensor,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    *,
-    alt: bool = ...,
-    item_embeddings: Tensor | None = ...,
-    device: torch.device | str = ...,
-    learner: str,
-    size: Mapping[str, Any] | None = ...,
-    objective: Objective = ...,
-) -> tuple[Learner, FitResult]: ...
 
 
 def train_on_summary(
