@@ -69,12 +69,9 @@ class BERT4Rec(SequentialRecommender):
         mask_ratio: float = 0.2,
         last_ratio: float = 0.5,
     ):
-        super().__init__()
-        self.n_items = n_items
-        self.max_len = max_len
+        super().__init__(n_items, max_len, hidden)
         self.mask_ratio = mask_ratio
         self.last_ratio = last_ratio
-        self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.mask_embedding = nn.Parameter(torch.empty(hidden))
         self.position_embedding = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)

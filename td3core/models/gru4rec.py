@@ -30,10 +30,7 @@ class GRU4Rec(SequentialRecommender):
         layers: int = 1,
         dropout: float = 0.3,
     ):
-        super().__init__()
-        self.n_items = n_items
-        self.max_len = max_len
-        self.item_embedding = nn.Embedding(n_items + 1, embedding, padding_idx=0)
+        super().__init__(n_items, max_len, embedding)
         self.dropout = nn.Dropout(dropout)
         self.gru = nn.GRU(embedding, hidden, layers, bias=False, batch_first=True)
         self.dense = nn.Linear(hidden, embedding)

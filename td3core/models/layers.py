@@ -54,7 +54,11 @@ class SequentialRecommender(nn.Module):
     (which only calls forward). A model defines `sequence_features` and
     `last_features`; a bidirectional one (BERT4Rec) also its own `forward`."""
 
-    item_embedding: nn.Embedding  # [n_items+1, H], row 0 = padding
+    def __init__(self, n_items: int, max_len: int, dim: int):
+        super().__init__()
+        self.n_items = n_items
+        self.max_len = max_len
+        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)  # row 0 = padding
 
     def sequence_features(
         self,

@@ -39,10 +39,7 @@ class NARM(SequentialRecommender):
         emb_dropout: float = 0.25,
         ct_dropout: float = 0.5,
     ):
-        super().__init__()
-        self.n_items = n_items
-        self.max_len = max_len
-        self.item_embedding = nn.Embedding(n_items + 1, embedding, padding_idx=0)
+        super().__init__(n_items, max_len, embedding)
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.gru = nn.GRU(embedding, hidden, layers, bias=False, batch_first=True)
         self.a_1 = nn.Linear(hidden, hidden, bias=False)  # keys

@@ -112,11 +112,8 @@ class SASRec(SequentialRecommender):
         hidden_dropout: float = 0.2,
         eps: float = 1e-12,
     ):
-        super().__init__()
-        self.n_items = n_items
-        self.max_len = max_len
+        super().__init__(n_items, max_len, hidden)
         self.hidden = hidden
-        self.item_embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(hidden_dropout)
