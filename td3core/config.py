@@ -134,6 +134,14 @@ class DistillConfig(_Settings):
     select_steps: int = Field(
         200, ge=1, le=100_000, description="learner steps on the summary to pick the best one"
     )
+    item_chunk: int = Field(
+        16384,
+        ge=1,
+        le=10_000_000,
+        description="catalogues of more items than this are read this many items at a "
+        "time (exact; memory no longer grows with batch x zeta x items, each step costs "
+        "more); smaller ones all at once",
+    )
     backend: Literal["func", "higher"] = Field(
         "func",
         description="differentiable inner loop: 'func', the fast engine (default), or "

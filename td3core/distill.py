@@ -37,12 +37,14 @@ from td3core.data.samples import Split
 from td3core.errors import Cancelled, ConfigError, DataError
 from td3core.inner import (
     BoundLearner,
+    ChunkedSoftSequences,
     SoftSequences,
     alt_positions,
     inner_learner,
     inner_loss,
     summary_loss,
 )
+from td3core.item_chunks import logsumexp_scores
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
@@ -128,6 +130,7 @@ class Distiller:
         self.train = split.train.to(self.device)
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
         self.model_config = model_config
+        self._chunked = split.n_items > config.item_chunk
         # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
         self.learner = BoundLearner(self._new_model())
         self.param_names = list(self.learner.layout.names)
@@ -271,7 +274,7 @@ class Distiller:
             final: AdamState | None = None
             if self._reference is None:
                 params, final = self._inner_loop(params, adam, plain, gen)
-                ce, fsa = self._outer_loss(self.learner(params), real, last_only=True)
+                ce, fsa = self._outer_loss(self.learner(params), real, fast=True)
             else:  # learner_draw="step" (the config's rule): a fresh Adam every step
                 params, ce, fsa = self._reference_meta(params, plain, gen, real)
         loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
@@ -316,14 +319,21 @@ class Distiller:
         model = SASRec.from_config(self.split.n_items, self.split.max_len, self.model_config)
         return inner_learner(model).to(self.device).train()
 
-    def _batch_probs(self, steps: int) -> list[SoftSequences]:
+    def _batch_probs(self, steps: int) -> list[SoftSequences | ChunkedSoftSequences]:
         """S for the synthetic batches that `steps` inner steps visit (batches cycle in
         a fixed order). Computed once per phase: the factors do not change inside the
-        inner loop, and in the window one tensor per batch keeps the graph small."""
-        count = min(steps, len(self.synthetic_batches))
-        return [
-            SoftSequences.of(self.summary.probs(users)) for users in self.synthetic_batches[:count]
-        ]
+        inner loop, and in the window one tensor per batch keeps the graph small.
+        Kept factored when the catalogue is larger than `item_chunk`."""
+        visited = self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
+        if not self._chunked:
+            return [SoftSequences.of(self.summary.probs(users)) for users in visited]
+        items, chunk = self.summary.V[1:], self.config.item_chunk
+        return [ChunkedSoftSequences(self.summary.scores(users), items, chunk) for users in visited]
+
+    def _dense_probs(self, steps: int) -> list[Tensor]:
+        """S of the same batches as `_batch_probs`, always materialised (the reference)."""
+        visited = self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
+        return [self.summary.probs(users) for users in visited]
 
     def _alt_positions(self, steps: int, gen: torch.Generator) -> list[Tensor | None]:
         """The ALT target positions of `steps` inner steps, drawn up front (the same
@@ -451,32 +461,35 @@ class Distiller:
             return summary_loss(m, probs, alt=cfg.alt, generator=gen)
 
         with torch.no_grad():
-            batches = self._batch_probs(plain)
+            batches = self._dense_probs(plain)
         for t in range(plain):
             optimizer.zero_grad(set_to_none=True)
-            loss(model, batches[t % len(batches)].probs).backward()
+            loss(model, batches[t % len(batches)]).backward()
             optimizer.step()
         with higher.innerloop_ctx(self._reference, optimizer, copy_initial_weights=True) as (
             fmodel,
             diffopt,
         ):
-            batches = self._batch_probs(cfg.window)
+            batches = self._dense_probs(cfg.window)
             for t in range(cfg.window):
-                probs = batches[t % len(batches)].probs
+                probs = batches[t % len(batches)]
                 diffopt.step(fmodel(lambda m, p=probs: loss(m, p)))
-            ce, fsa = fmodel(lambda m: torch.stack(self._outer_loss(m, real, last_only=False)))
+            ce, fsa = fmodel(lambda m: torch.stack(self._outer_loss(m, real, fast=False)))
             final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
         return final, ce, fsa
 
-    def _outer_loss(
-        self, model: SASRec, index: Tensor, *, last_only: bool
-    ) -> tuple[Tensor, Tensor]:
-        """CE of the next item + FSA on the real samples `index`. last_only: the
-        outer loss reads one position per sample, so the last block may run there
-        alone (the fast engine)."""
+    def _outer_loss(self, model: SASRec, index: Tensor, *, fast: bool) -> tuple[Tensor, Tensor]:
+        """CE of the next item + FSA on the real samples `index`. fast: the outer
+        loss reads one position per sample, so the last block runs there alone, and
+        a catalogue larger than `item_chunk` is read in chunks."""
         batch = self.train.select(index)
-        features = model.last_features(batch.history, batch.lengths, last_only=last_only)  # [B, H]
-        ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
+        features = model.last_features(batch.history, batch.lengths, last_only=fast)  # [B, H]
+        if fast and self._chunked:
+            table = model.item_embedding.weight[1:]
+            log_norm = logsumexp_scores(features, table, self.config.item_chunk)
+            ce = (log_norm - (features * table[batch.targets - 1]).sum(-1)).mean()
+        else:
+            ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
         fsa = F.mse_loss(features, self.teacher_features[index])
         return ce, fsa
 
@@ -533,7 +546,9 @@ class Distiller:
         meta = read_metadata(data)
         if meta.get("format") != STATE_FORMAT:
             raise DataError(f"not a distillation checkpoint ({meta.get('format')!r})")
-        if meta["config"] != self.config.model_dump_json():
+        # Parsed, not compared as text: settings added since the checkpoint was
+        # written take their defaults, so an upgrade does not strand running jobs.
+        if DistillConfig.model_validate_json(meta["config"]) != self.config:
             raise ConfigError("checkpoint was written with different distillation settings")
         with torch.no_grad():
             for k in ("G", "U", "T"):

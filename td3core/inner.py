@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from td3core.item_chunks import logsumexp_scores, softmax_mix
 from td3core.models.sasrec import SASRec
 from td3core.optim import Layout, Params
 
@@ -53,9 +54,42 @@ class SoftSequences:
     def of(cls, probs: torch.Tensor) -> SoftSequences:
         return cls(probs, probs[:, :-1].contiguous())
 
+    def cross_entropy(self, model: SASRec, positions: torch.Tensor | None) -> torch.Tensor:
+        features = model.sequence_features(probs=self.inputs)  # [B, zeta-1, H]
+        # Position p of S is predicted from position p-1 of the features.
+        logits = model.logits(_pick(features, None if positions is None else positions - 1))
+        # Mean over B (or 2B) rows = batch-mean of each term, averaged over the terms.
+        return F.cross_entropy(logits[:, 1:], _pick(self.probs, positions)[:, 1:])
+
+
+@dataclass(frozen=True)
+class ChunkedSoftSequences:
+    """A batch of soft sequences kept factored, for catalogues too large for
+    [B, zeta, n_items]: S = softmax(scores @ items^T) over the real items, read a
+    chunk of items at a time (td3core.item_chunks). The same loss as
+    `SoftSequences` of the same S, to rounding."""
+
+    scores: torch.Tensor  # [B, zeta, k]: S's logits before the item table
+    items: torch.Tensor  # [n_items, k]: S[..., i] ~ exp(scores . items[i-1])
+    chunk: int  # items per chunk
+
+    def cross_entropy(self, model: SASRec, positions: torch.Tensor | None) -> torch.Tensor:
+        batch, length, k = self.scores.shape
+        table = model.item_embedding.weight[1:]  # [n, H]; S gives padding no mass
+        # S @ E at every position: the learner's inputs and the targets' side of the CE.
+        mixed, _ = softmax_mix(self.scores.reshape(-1, k), self.items, table, self.chunk)
+        mixed = mixed.view(batch, length, -1)  # [B, zeta, H]
+        features = model.sequence_features(embedded=mixed[:, :-1])  # [B, zeta-1, H]
+        hidden = _pick(features, None if positions is None else positions - 1)  # [B or 2B, H]
+        # CE(p, softmax(h E^T)) = logsumexp(h E^T) - h . (p @ E), as sum(p) = 1.
+        log_norm = logsumexp_scores(hidden, table, self.chunk)
+        return (log_norm - (hidden * _pick(mixed, positions)).sum(-1)).mean()
+
 
 def inner_loss(
-    model: SASRec, batch: SoftSequences, positions: torch.Tensor | None = None
+    model: SASRec,
+    batch: SoftSequences | ChunkedSoftSequences,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`summary_loss` plus the targets' entropy (cross-entropy against the soft
     targets): the entropy does not depend on the learner, so both have the same
@@ -67,11 +101,7 @@ def inner_loss(
     >= p: masking them (as the paper describes) is already implied and one forward
     pass serves both terms; one logits product and one softmax serve both too.
     """
-    features = model.sequence_features(probs=batch.inputs)  # [B, zeta-1, H]
-    # Position p of S is predicted from position p-1 of the features.
-    logits = model.logits(_pick(features, None if positions is None else positions - 1))
-    # Mean over B (or 2B) rows = batch-mean of each term, averaged over the terms.
-    return F.cross_entropy(logits[:, 1:], _pick(batch.probs, positions)[:, 1:])
+    return batch.cross_entropy(model, positions)
 
 
 def _pick(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:

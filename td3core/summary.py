@@ -65,11 +65,15 @@ class TuckerSummary(nn.Module):
     def n_items(self) -> int:
         return self.V.shape[0] - 1
 
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """The logits before the item table: [B, zeta, d3], so that
+        logits = scores @ V[1:]^T (the small factors contracted first)."""
+        core = torch.einsum("abc,ua,tb->utc", self.G, self.U[users], self.T)
+        return core / self.temperature
+
     def logits(self, users: torch.Tensor) -> torch.Tensor:
         """Item logits over real items 1..n for a batch of synthetic users: [B, zeta, n_items]."""
-        # Contract the small factors first ([B, zeta, d3]), then touch the item table once.
-        core = torch.einsum("abc,ua,tb->utc", self.G, self.U[users], self.T)
-        return core @ self.V[1:].T / self.temperature
+        return self.scores(users) @ self.V[1:].T
 
     def probs(self, users: torch.Tensor) -> torch.Tensor:
         """S for a batch of users: [B, zeta, n_items+1], column 0 (padding) exactly 0.

@@ -151,6 +151,8 @@ class SASRec(SequentialRecommender):
         items: Tensor | None = None,
         lengths: Tensor | None = None,
         probs: Tensor | None = None,
+        *,
+        embedded: Tensor | None = None,
     ) -> Tensor:
         """Last-layer hidden states [B, L, H].
 
@@ -158,8 +160,16 @@ class SASRec(SequentialRecommender):
         when lengths [B] is given, else `items != 0`.
         probs: [B, L, n_items+1] soft item distributions; input = probs @ E with E this
         model's own item table; every position is valid unless lengths is given.
+        embedded: [B, L, H], soft input already multiplied by E (a catalogue too
+        large for probs); every position is valid.
         """
-        x, mask = self._block_inputs(items, lengths, probs)
+        if embedded is not None:
+            if items is not None or probs is not None:
+                raise ValueError("pass exactly one of items, probs or embedded")
+            x = self._positional(embedded)
+            mask = _causal_mask(x.shape[1], x.device, x.dtype)
+        else:
+            x, mask = self._block_inputs(items, lengths, probs)
         for block in self.blocks:
             x = block(x, mask)
         return x
@@ -182,15 +192,7 @@ class SASRec(SequentialRecommender):
                 )
             emb = probs @ self.item_embedding.weight  # [B, L, n+1] @ [n+1, H] -> [B, L, H]
         L = emb.shape[1]
-        if emb.shape[1] > self.max_len:
-            raise ValueError(
-                f"input length {L} exceeds max_len {self.max_len} "
-                "(the model has no position embedding beyond it)"
-            )
-        # Rows 0..L-1 of the table: the same values and gradient as looking up
-        # arange(L), in one view instead of an index and an embedding kernel.
-        x = self.dropout(self.norm(emb + self.position_embedding.weight[:L]))
-
+        x = self._positional(emb)
         if lengths is None and items is None:  # soft input: every position is valid
             return x, _causal_mask(L, emb.device, x.dtype)  # [1, 1, L, L]
         if lengths is not None:
@@ -201,6 +203,18 @@ class SASRec(SequentialRecommender):
         causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
         allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
         return x, torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
+
+    def _positional(self, emb: Tensor) -> Tensor:
+        """Item vectors [B, L, H] -> the first block's input (positions, norm, dropout)."""
+        length = emb.shape[1]
+        if length > self.max_len:
+            raise ValueError(
+                f"input length {length} exceeds max_len {self.max_len} "
+                "(the model has no position embedding beyond it)"
+            )
+        # Rows 0..L-1 of the table: the same values and gradient as looking up
+        # arange(L), in one view instead of an index and an embedding kernel.
+        return self.dropout(self.norm(emb + self.position_embedding.weight[:length]))
 
     def last_features(self, items: Tensor, lengths: Tensor, *, last_only: bool = False) -> Tensor:
         """Hidden state at the last valid position: [B, H].
