@@ -128,6 +128,16 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         type=float,
         help=_doc("fresh_learners", "share of inner learners started fresh"),
     )
+    p.add_argument(
+        "--backend",
+        choices=("func", "higher"),
+        help=_doc("backend", "inner-loop engine: func (fast) or higher (reference)"),
+    )
+    p.add_argument(
+        "--item-chunk",
+        type=int,
+        help=_doc("item_chunk", "catalogues larger than this are read in chunks of it"),
+    )
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
@@ -162,6 +172,8 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             select_steps=args.select_steps,
             learner_draw=args.learner_draw,
             fresh_learners=args.fresh_learners,
+            backend=args.backend,
+            item_chunk=args.item_chunk,
         ),
     }
     if args.no_alt:

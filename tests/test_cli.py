@@ -149,6 +149,21 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("flags", "settings"),
+    [
+        ("--backend higher", {"backend": "higher", "item_chunk": 16384}),
+        ("--item-chunk 8", {"backend": "func", "item_chunk": 8}),  # 40 items: chunked
+    ],
+)
+def test_distill_engine_options_reach_the_job(data, tmp_path, flags, settings):
+    out = tmp_path / "s.safetensors"
+    extra = [*words(flags), "--eval", "summary", "--eval-seeds", "1"]
+    assert main(["distill", str(data), *TINY, *extra, "--out", str(out)]) == 0
+    distill = load_summary(out).config["job"]["distill"]
+    assert {key: distill[key] for key in settings} == settings
+
+
+@pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--window", "8"], "window (8) must not exceed inner_steps (4)"),
@@ -156,6 +171,7 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
         (["--learner-steps", "0"], "learner.max_steps"),
         (["--device", "tpu"], "--device"),
         (["--threads", "0"], "--threads"),
+        (["--item-chunk", "0"], "distill.item_chunk"),
     ],
 )
 def test_distill_bad_settings(data, tmp_path, capsys, extra, needle):
