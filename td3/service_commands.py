@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "demo",
         help="start the embedded service, upload a synthetic dataset, run a small "
-        "distillation job, download and verify the summary, print the report",
+        "distillation job, download and verify the summary, write the report to files "
+        "and print the comparison table",
     )
     d.add_argument("--url", help="use a running service instead of starting one")
     d.add_argument("--key", help="API key for --url (default: create one in the local state)")
