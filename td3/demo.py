@@ -49,6 +49,7 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "inner_steps": args.inner_steps,
         "window": args.window,
+        "temperature": args.temperature,
         "alt": args.length >= ALT_MIN_LENGTH,
         "select_steps": 20,
         "seed": 0,
@@ -130,7 +131,9 @@ def _run(client: Client, args: argparse.Namespace, settings: Settings) -> int:
 
     with tempfile.TemporaryDirectory(prefix="td3-demo-") as tmp:
         path = Path(tmp) / "synthetic.csv"
-        inter = generate_interactions(args.data_users, args.data_items, args.data_length, 0)
+        inter = generate_interactions(
+            args.data_users, args.data_items, args.data_length, 0, follow=args.data_follow
+        )
         write_interactions_csv(inter, path)
         _say(f"generated {len(inter)} synthetic interactions -> uploading")
         ds = client.upload(path, labels={"source": "td3-demo"})

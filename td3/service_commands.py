@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
         "demo",
         help="start the embedded service, upload a synthetic dataset, run a small "
-        "distillation job, download and verify the summary, print the report",
+        "distillation job, download and verify the summary, write the report to files "
+        "and print the comparison table",
     )
     d.add_argument("--url", help="use a running service instead of starting one")
     d.add_argument("--key", help="API key for --url (default: create one in the local state)")
@@ -104,16 +105,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--out", help="where to write the summary (default: $TD3_HOME/<job>-summary.safetensors)"
     )
+    # Defaults: a case where the summary beats real samples of its budget (README,
+    # Quickstart): many items, a strong item-to-item cycle, a 20 x 10 budget.
     d.add_argument("--users", type=int, default=20, help="synthetic users of the summary")
     d.add_argument("--length", type=int, default=10, help="synthetic sequence length")
     d.add_argument("--epochs", type=int, default=8)
     d.add_argument("--inner-steps", type=int, default=20)
     d.add_argument("--window", type=int, default=5)
+    d.add_argument("--temperature", type=float, default=0.3, help="the summary's softmax")
     d.add_argument("--teacher-steps", type=int, default=200)
     d.add_argument("--learner-steps", type=int, default=60)
-    d.add_argument("--data-users", type=int, default=300)
-    d.add_argument("--data-items", type=int, default=80)
+    d.add_argument("--data-users", type=int, default=600)
+    d.add_argument("--data-items", type=int, default=400)
     d.add_argument("--data-length", type=int, default=20)
+    d.add_argument(
+        "--data-follow",
+        type=float,
+        default=0.8,
+        help="probability that a synthetic user's next item is its last item's successor",
+    )
     d.add_argument("--timeout", type=float, default=600, help="seconds to wait for the job")
     d.add_argument("--start-timeout", type=float, default=90)
     d.add_argument("--poll", type=float, default=0.5)
