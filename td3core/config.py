@@ -120,7 +120,9 @@ class DistillConfig(_Settings):
     learner_draw: Literal["step", "epoch"] = Field(
         "step",
         description="'step': a fresh pool learner every outer step (paper); "
-        "'epoch': once per epoch, kept training in between (authors' code)",
+        "'epoch': once per epoch, and each further outer step of the epoch starts from "
+        "the learner after the previous step's ordinary (non-differentiable) inner steps, "
+        "with a fresh inner Adam (authors' code)",
     )
     fresh_learners: float = Field(
         0.0,

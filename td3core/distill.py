@@ -1,9 +1,11 @@
 """TD3's bi-level distillation (paper Algorithm 1) with RaT-BPTT.
 
 Each outer step: draw a learner from the teacher's checkpoint pool, run c ~ U{0..N-W}
-ordinary inner Adam steps on the summary, then W differentiable steps that continue
-the Adam moments, and update (G, U, T) with the gradient of
-CE(real batch) + FSA(teacher features) taken through those W steps.
+ordinary steps of a fresh inner Adam on the summary, then W differentiable steps that
+continue the Adam moments, and update (G, U, T) with the gradient of
+CE(real batch) + FSA(teacher features) taken through those W steps. With
+learner_draw="epoch" the draw happens once per epoch and the next outer step starts
+from the learner after the ordinary steps (docs/METHOD.md §1).
 
 Every random choice of outer step s comes from generators seeded by (seed, s), so
 the counters are the whole RNG state: a run stopped after any step and resumed
@@ -49,7 +51,7 @@ from td3core.serialization import read_metadata
 from td3core.summary import TuckerSummary
 from td3core.teacher import Teacher
 
-STATE_FORMAT = "td3-distill-state/1"
+STATE_FORMAT = "td3-distill-state/2"
 
 
 @dataclass
@@ -76,8 +78,9 @@ class MetaLoss:
     ce: Tensor
     fsa: Tensor
     plain_steps: int
-    params: Params  # the learner after the inner loop
-    adam: AdamState | None  # its optimiser state (None from the reference backend)
+    # The learner after the ordinary steps, where learner_draw="epoch" continues
+    # (None from the reference backend, which the config keeps to "step").
+    carry: Params | None
 
 
 SelectFn = Callable[[TuckerSummary], float]
@@ -159,7 +162,7 @@ class Distiller:
         self.best_metric = -1.0
         self.best_epoch = 0
         self.best_factors = self._factors()
-        self._carried: tuple[Params, AdamState] | None = None  # learner_draw="epoch" only
+        self._carried: Params | None = None  # learner_draw="epoch" only
         self._epoch_losses: list[dict[str, float]] = []
         n_batches = math.ceil(config.users / config.synthetic_batch)
         self.synthetic_batches = [
@@ -243,8 +246,8 @@ class Distiller:
         self.optimizer.step()
         self.scheduler.step()
         if cfg.learner_draw == "epoch":
-            assert meta.adam is not None  # the config refuses the reference backend here
-            self._carried = ({k: v.detach() for k, v in meta.params.items()}, meta.adam.detached())
+            assert meta.carry is not None  # the config refuses the reference backend here
+            self._carried = meta.carry
         self.step += 1
         losses = {
             "outer": meta.loss.item(),
@@ -263,19 +266,20 @@ class Distiller:
         epoch, index = divmod(s, self.steps_per_epoch)
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, s))
         real = self._real_batch(epoch, index)
-        params, adam = self._initial_learner(epoch, index, gen)
+        params = self._initial_learner(epoch, index, gen)
         plain = int(torch.randint(0, cfg.inner_steps - cfg.window + 1, (1,), generator=gen))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed_for(cfg.seed, 2, s))  # dropout in this step
-            final: AdamState | None = None
+            carry: Params | None = None
             if self._reference is None:
-                params, final = self._inner_loop(params, adam, plain, gen)
+                # a fresh inner Adam every outer step, also where the learner is carried
+                params, carry = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
                 ce, fsa = self._outer_loss(self.learner(params), real, last_only=True)
-            else:  # learner_draw="step" (the config's rule): a fresh Adam every step
+            else:  # learner_draw="step" (the config's rule)
                 params, ce, fsa = self._reference_meta(params, plain, gen, real)
         loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
-        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, final)
+        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, carry)
 
     # ------------------------------------------------------------ the pieces
     def _real_batch(self, epoch: int, index: int) -> Tensor:
@@ -286,9 +290,7 @@ class Distiller:
         start = index * self.config.real_batch
         return order[start : start + self.config.real_batch].to(self.device)
 
-    def _initial_learner(
-        self, epoch: int, index: int, gen: torch.Generator
-    ) -> tuple[Params, AdamState]:
+    def _initial_learner(self, epoch: int, index: int, gen: torch.Generator) -> Params:
         cfg = self.config
         if cfg.learner_draw == "epoch" and index > 0 and self._carried is not None:
             return self._carried
@@ -302,7 +304,7 @@ class Distiller:
         else:
             state = self.pool[int(torch.randint(len(self.pool), (1,), generator=draw_gen))]
             params = {name: state[name].detach().clone() for name in self.param_names}
-        return params, AdamState.zeros_like(params)
+        return params
 
     def _fresh_learner(self, seed: int) -> Params:
         """Parameters of a freshly initialised learner (what a user of the summary
@@ -337,16 +339,18 @@ class Distiller:
 
     def _inner_loop(
         self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
-    ) -> tuple[Params, AdamState]:
+    ) -> tuple[Params, Params]:
         """`plain` ordinary inner steps, then the W differentiable ones continuing the
         (detached) Adam moments; the synthetic batches restart at batch 0 in the
-        window, as in the authors' code. Parameters and moments live in flat buffers."""
+        window, as in the authors' code. Parameters and moments live in flat buffers.
+        Returns the learner after the window and (detached) after the ordinary steps."""
         layout = self.learner.layout
         theta = layout.flatten(params).detach()  # [P], a copy this loop owns
         exp_avg, exp_avg_sq = (t.detach() for t in layout.flatten_state(adam))
         if plain:
             self._plain_steps(theta, exp_avg, exp_avg_sq, adam.step, plain, gen)
         step = adam.step + plain
+        after_plain = layout.views(theta.detach())  # the window builds new tensors
         # The window: every step a function of the previous one, graph kept.
         theta = theta.requires_grad_(True)  # a leaf: the window starts detached
         batches = self._batch_probs(self.config.window)
@@ -358,7 +362,7 @@ class Distiller:
             (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
             step += 1
             theta, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
-        return layout.views(theta), AdamState(step, layout.views(exp_avg), layout.views(exp_avg_sq))
+        return layout.views(theta), after_plain
 
     def _plain_steps(
         self,
@@ -506,14 +510,9 @@ class Distiller:
         for i, state in opt["state"].items():
             for key, value in state.items():
                 tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
-        carried_step = 0
-        if self._carried is not None:
-            params, adam = self._carried
-            carried_step = adam.step
-            for name in params:  # cloned: views of one buffer may not be saved as they are
-                tensors[f"carry.param.{name}"] = params[name].cpu().clone()
-                tensors[f"carry.avg.{name}"] = adam.exp_avg[name].cpu().clone()
-                tensors[f"carry.avg_sq.{name}"] = adam.exp_avg_sq[name].cpu().clone()
+        for name, value in (self._carried or {}).items():
+            # cloned: views of one buffer may not be saved as they are
+            tensors[f"carry.{name}"] = value.cpu().clone()
         meta = {
             "format": STATE_FORMAT,
             "config": self.config.model_dump_json(),
@@ -524,15 +523,21 @@ class Distiller:
             "epoch_losses": json.dumps(self._epoch_losses),
             "scheduler": json.dumps(self.scheduler.state_dict()),
             "opt_param_groups": json.dumps(opt["param_groups"]),
-            "carried_step": str(carried_step),
+            "carried": json.dumps(self._carried is not None),
         }
         return save_tensors({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
 
     def load_state_bytes(self, data: bytes) -> None:
         tensors = load_tensors(data)
         meta = read_metadata(data)
-        if meta.get("format") != STATE_FORMAT:
-            raise DataError(f"not a distillation checkpoint ({meta.get('format')!r})")
+        found = meta.get("format")
+        if found != STATE_FORMAT:
+            if str(found).startswith(STATE_FORMAT.split("/")[0] + "/"):
+                raise DataError(
+                    f"distillation checkpoint {found!r} was written by another version of td3 "
+                    f"(this one reads {STATE_FORMAT!r}); start the distillation again"
+                )
+            raise DataError(f"not a distillation checkpoint ({found!r})")
         if meta["config"] != self.config.model_dump_json():
             raise ConfigError("checkpoint was written with different distillation settings")
         with torch.no_grad():
@@ -555,17 +560,9 @@ class Distiller:
         self.best_epoch = int(meta["best_epoch"])
         self.curves = json.loads(meta["curves"])
         self._epoch_losses = json.loads(meta["epoch_losses"])
-        carried_step = int(meta["carried_step"])
         self._carried = None
-        if carried_step:
-
-            def part(prefix: str) -> Params:
-                return {n: tensors[f"{prefix}.{n}"].to(self.device) for n in self.param_names}
-
-            self._carried = (
-                part("carry.param"),
-                AdamState(carried_step, part("carry.avg"), part("carry.avg_sq")),
-            )
+        if json.loads(meta["carried"]):
+            self._carried = {n: tensors[f"carry.{n}"].to(self.device) for n in self.param_names}
 
 
 def train_config_for_selection(learner: TrainConfig, steps: int) -> TrainConfig:
