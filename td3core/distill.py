@@ -5,7 +5,8 @@ ordinary steps of a fresh inner Adam on the summary, then W differentiable steps
 continue the Adam moments, and update (G, U, T) with the gradient of
 CE(real batch) + FSA(teacher features) taken through those W steps. With
 learner_draw="epoch" the draw happens once per epoch and the next outer step starts
-from the learner after the ordinary steps (docs/METHOD.md §1).
+from the learner after the ordinary steps (docs/METHOD.md §1). With method="farzi"
+the summary is Farzi Data's (latent, decoder) instead of (G, U, T); the rest is the same.
 
 Every random choice of outer step s comes from generators seeded by (seed, s), so
 the counters are the whole RNG state: a run stopped after any step and resumed
@@ -22,6 +23,7 @@ tests check that both give the same meta-gradient.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -48,7 +50,7 @@ from td3core.inner import (
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
-from td3core.summary import TuckerSummary
+from td3core.summary import FarziSummary, Summary, TuckerSummary, copy_parameters
 from td3core.teacher import Teacher
 
 STATE_FORMAT = "td3-distill-state/2"
@@ -65,7 +67,7 @@ class DistillProgress:
 
 @dataclass
 class DistillResult:
-    summary: TuckerSummary  # the best summary by validation MRR@10
+    summary: Summary  # the best summary by validation MRR@10
     best_epoch: int
     best_valid_mrr10: float
     curves: list[dict] = field(default_factory=list)
@@ -83,7 +85,7 @@ class MetaLoss:
     carry: Params | None
 
 
-SelectFn = Callable[[TuckerSummary], float]
+SelectFn = Callable[[Summary], float]
 
 
 def seed_for(*parts: int) -> int:
@@ -141,14 +143,26 @@ class Distiller:
             self._reference = _Apply(reference.to(self.device).train())
 
         init = torch.Generator().manual_seed(seed_for(config.seed, 0xC0DE))
-        self.summary = TuckerSummary(
-            config.users,
-            config.length,
-            config.rank,
-            teacher.item_embeddings.cpu(),
-            temperature=config.temperature,
-            generator=init,
-        ).to(self.device)
+        summary: Summary
+        if config.method == "farzi":
+            summary = FarziSummary(
+                config.users,
+                config.length,
+                config.rank,
+                split.n_items,
+                temperature=config.temperature,
+                generator=init,
+            )
+        else:
+            summary = TuckerSummary(
+                config.users,
+                config.length,
+                config.rank,
+                teacher.item_embeddings.cpu(),
+                temperature=config.temperature,
+                generator=init,
+            )
+        self.summary = summary.to(self.device)
         self.optimizer = torch.optim.Adam(
             self.summary.parameters(), lr=config.outer_lr, weight_decay=config.outer_weight_decay
         )
@@ -221,18 +235,11 @@ class Distiller:
             seconds,
         )
 
-    def _summary_from(self, factors: dict[str, Tensor]) -> TuckerSummary:
-        """A detached CPU summary holding `factors`."""
-        summary = TuckerSummary(
-            self.config.users,
-            self.config.length,
-            self.config.rank,
-            self.summary.V.cpu(),
-            temperature=self.config.temperature,
-        )
-        with torch.no_grad():
-            for name, value in factors.items():
-                getattr(summary, name).copy_(value)
+    def _summary_from(self, factors: dict[str, Tensor]) -> Summary:
+        """A CPU summary holding `factors`, apart from the live one (a copy: no random
+        initialisation to draw)."""
+        summary = copy.deepcopy(self.summary).cpu()
+        copy_parameters(summary, factors)
         return summary
 
     def outer_step(self) -> dict[str, float]:
@@ -498,7 +505,8 @@ class Distiller:
             self.best_metric, self.best_epoch, self.best_factors = metric, epoch, current
 
     def _factors(self) -> dict[str, Tensor]:
-        return {k: getattr(self.summary, k).detach().cpu().clone() for k in ("G", "U", "T")}
+        """The summary's learned tensors, by name: (G, U, T), or Farzi's (latent, decoder)."""
+        return {k: v.detach().cpu().clone() for k, v in self.summary.named_parameters()}
 
     # ------------------------------------------------------------ checkpoints
     def state_bytes(self) -> bytes:
@@ -540,10 +548,9 @@ class Distiller:
             raise DataError(f"not a distillation checkpoint ({found!r})")
         if meta["config"] != self.config.model_dump_json():
             raise ConfigError("checkpoint was written with different distillation settings")
-        with torch.no_grad():
-            for k in ("G", "U", "T"):
-                getattr(self.summary, k).copy_(tensors[f"summary.{k}"])
-        self.best_factors = {k: tensors[f"best.{k}"] for k in ("G", "U", "T")}
+        names = [name for name, _ in self.summary.named_parameters()]
+        copy_parameters(self.summary, {k: tensors[f"summary.{k}"] for k in names})
+        self.best_factors = {k: tensors[f"best.{k}"] for k in names}
         opt_state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("opt."):
