@@ -17,6 +17,8 @@ Everything is trained by the library (`Experiment`, `evaluation_rows`, `train_te
   "paper-compatible" learners start from the teacher's item embeddings (the authors'
   evaluation; it leaks the full data into the learner).
 * Baselines: seeds 0..N-1 (the seed picks the sample and the training run).
+* `--method farzi` distils Farzi Data's summary (the paper's baseline) instead of TD3's,
+  with everything else the same; its rows are named `farzi...`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from td3core.config import DistillConfig, JobConfig
 from td3core.data import PreprocessConfig, build_dataset, read_interactions
 from td3core.distill import DistillProgress
 from td3core.experiment import Experiment, Reusable, aggregate, evaluation_rows
-from td3core.summary import TuckerSummary
+from td3core.summary import Summary
 from td3core.teacher import train_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,13 +57,27 @@ LABELS = {
     "td3-paper": "TD3 (paper-compatible: teacher's item table, leaky)",
     "td3-kl-all-paper": "TD3 (paper-compatible, KL at every position)",
 }
-# Summary rows of td3core.experiment -> this table's rows.
+# The same rows for a Farzi Data summary (--method farzi), the paper's baseline.
+LABELS |= {
+    key.replace("td3", "farzi", 1): label.replace("TD3", "Farzi Data", 1)
+    for key, label in LABELS.items()
+    if key.startswith("td3")
+}
+# Summary rows of td3core.experiment -> this table's rows (for --method tucker).
 TD3_ROWS = {
     "summary": "td3",
     "summary (kl-all)": "td3-kl-all",
     "summary (paper-compatible)": "td3-paper",
     "summary (kl-all) (paper-compatible)": "td3-kl-all-paper",
 }
+
+
+def summary_rows(method: str) -> dict[str, str]:
+    """TD3_ROWS named after the summary's method: a Farzi summary's rows are never
+    set beside the paper's TD3 numbers."""
+    name = "td3" if method == "tucker" else method
+    return {row: key.replace("td3", name, 1) for row, key in TD3_ROWS.items()}
+
 
 Paper = dict[str, dict[str, tuple[float, float]]]  # row -> metric -> (mean, std), uni100, %
 
@@ -209,7 +225,7 @@ def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
 # ------------------------------------------------------------------- running
 def distill_one(
     bench: Experiment, job: JobConfig, teacher: Any, seed: int
-) -> tuple[TuckerSummary, dict[str, Any]]:
+) -> tuple[Summary, dict[str, Any]]:
     cfg: DistillConfig = job.distill.model_copy(update={"seed": seed})
     distiller = bench.distiller(cfg, teacher)
     bar = tqdm(total=distiller.total_steps, desc=f"distill seed {seed}", file=sys.stderr)
@@ -255,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases.stop()
 
     distillations: list[dict[str, Any]] = []
-    summaries: list[TuckerSummary] = []
+    summaries: list[Summary] = []
     if "td3" not in skip:
         for seed in range(args.distill_seeds):
             phases.start(f"distillation seed {seed}")
@@ -275,6 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     leaky = None if args.no_paper_compatible else teacher.item_embeddings
     tables: dict[str, dict[str, Any]] = {}
     all_runs: dict[str, dict[str, list[dict]]] = {}
+    row_names = summary_rows(job.distill.method)
     for learner in job.learners:
         runs: dict[str, list[dict]] = {}
         for name in ("full", *BASELINES):
@@ -296,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for row, records in rows.items():
                 for record in records:
                     record["distill_seed"] = seed
-                runs.setdefault(TD3_ROWS.get(row, row), []).extend(records)
+                runs.setdefault(row_names.get(row, row), []).extend(records)
         all_runs[learner] = runs
         tables[learner] = {name: aggregate(group) for name, group in runs.items() if group}
 

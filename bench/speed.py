@@ -50,7 +50,7 @@ from td3core.data.samples import Split
 from td3core.distill import Distiller, DistillProgress, train_config_for_selection
 from td3core.evaluation import sample_negatives
 from td3core.learner import train_on_summary
-from td3core.summary import TuckerSummary
+from td3core.summary import Summary
 from td3core.teacher import Teacher, train_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,7 +328,7 @@ def end_to_end(
     recipe = train_config_for_selection(job.learner, distill.select_steps)
     select_seconds = 0.0
 
-    def select(summary: TuckerSummary) -> float:
+    def select(summary: Summary) -> float:
         nonlocal select_seconds
         mark = time.perf_counter()
         _, fit = train_on_summary(

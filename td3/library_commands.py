@@ -42,7 +42,8 @@ Command = Callable[[argparse.Namespace], int]
 # ----------------------------------------------------------------------- parser
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser(
-        "distill", help="distill DATA into a TD3 summary (teacher, distillation, evaluation)"
+        "distill",
+        help="distill DATA into a TD3 (or Farzi) summary (teacher, distillation, evaluation)",
     )
     _data_options(d)
     add_distill_options(d)
@@ -70,7 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="train fresh learners on a summary and score them on DATA"
     )
     _data_options(e, preprocessing=False)
-    e.add_argument("--summary", required=True, help="a td3-summary/1 .safetensors file")
+    e.add_argument(
+        "--summary",
+        required=True,
+        help="a td3-summary/1 (or td3-farzi-summary/1) .safetensors file",
+    )
     e.add_argument("--eval-seeds", type=int, help="learners to train (default: the job's)")
     e.add_argument("--learner", choices=LEARNER_NAMES, default="sasrec", help=_LEARNER_HELP)
     e.add_argument(
@@ -107,7 +112,14 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     )
     p.add_argument("--epochs", type=int, help=_doc("epochs", "passes over the real samples"))
     p.add_argument("--seed", type=int, help=_doc("seed", "distillation seed"))
-    p.add_argument("--rank", type=int, help=_doc("rank", "d1 = d2 of the Tucker core"))
+    p.add_argument(
+        "--method",
+        choices=get_args(DistillConfig.model_fields["method"].annotation),
+        help=_doc("method", "the summary: TD3's Tucker factors or Farzi Data's (baseline)"),
+    )
+    p.add_argument(
+        "--rank", type=int, help=_doc("rank", "d1 = d2 of the Tucker core (Farzi: its d)")
+    )
     p.add_argument(
         "--inner-steps", type=int, help=_doc("inner_steps", "N: inner steps per outer step")
     )
@@ -163,6 +175,7 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
         **_given(
             epochs=args.epochs,
             seed=args.seed,
+            method=args.method,
             rank=args.rank,
             inner_steps=args.inner_steps,
             window=args.window,
@@ -427,7 +440,7 @@ def _job_from_summary(config: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]
 def _evaluate(args: argparse.Namespace) -> int:
     from td3.progress import CliHooks, run_progress
     from td3core.experiment import Experiment, evaluation_rows, evaluation_table
-    from td3core.summary import load_summary
+    from td3core.summary import TuckerSummary, load_summary
 
     device = _torch_setup(args)
     if not Path(args.summary).is_file():
@@ -459,7 +472,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     experiment = Experiment.for_job(dataset, job, device=device)
     seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
     summary = stored.summary
-    leaky = job.paper_compatible or args.paper_compatible
+    # paper-compatible learners start from the teacher's item table: only a Tucker
+    # summary carries it (V)
+    teacher_items = None
+    if args.paper_compatible or job.paper_compatible:
+        if isinstance(summary, TuckerSummary):
+            teacher_items = summary.V.clone()
+        elif args.paper_compatible:
+            raise DataError(
+                "--paper-compatible needs the teacher's item table, which a Farzi summary "
+                "does not hold",
+                file=args.summary,
+            )
+        else:
+            _say(args, "no paper-compatible rows: a Farzi summary holds no teacher item table")
     hooks = CliHooks(checkpoint=None, every=1, quiet=args.quiet)
     runs = evaluation_rows(
         experiment,
@@ -472,7 +498,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         alt=job.distill.alt,
         learner=args.learner,
         objectives=[args.objective],
-        teacher_item_embeddings=summary.V.clone() if leaky else None,
+        teacher_item_embeddings=teacher_items,
         on_run=run_progress(hooks, len(seeds)),
     )
     hooks.close()

@@ -101,7 +101,17 @@ class DistillConfig(_Settings):
     # rank 32 and outer lr 0.03 lie in the paper's search ranges (d1, d2 in 8..64,
     # alpha in {0.01, 0.03}); on Magazine and ML-100k they beat rank 8 / lr 0.01
     # clearly for learners trained from scratch (bench/README.md).
-    rank: int = Field(32, ge=1, le=512, description="d1 = d2 of the Tucker core")
+    method: Literal["tucker", "farzi"] = Field(
+        "tucker",
+        description="the summary learned: 'tucker', TD3's; 'farzi', Farzi Data's latent "
+        "summary and decoder (the paper's baseline), with everything else as TD3",
+    )
+    rank: int = Field(
+        32,
+        ge=1,
+        le=512,
+        description="d1 = d2 of the Tucker core; with method='farzi', d of the latent summary",
+    )
     temperature: float = Field(1.0, gt=0.0, le=100.0)
     epochs: int = Field(30, ge=1, le=1000, description="passes over the real training samples")
     inner_steps: int = Field(200, ge=1, le=10_000, description="N: inner steps per outer step")
@@ -120,7 +130,9 @@ class DistillConfig(_Settings):
     learner_draw: Literal["step", "epoch"] = Field(
         "step",
         description="'step': a fresh pool learner every outer step (paper); "
-        "'epoch': once per epoch, kept training in between (authors' code)",
+        "'epoch': once per epoch, and each further outer step of the epoch starts from "
+        "the learner after the previous step's ordinary (non-differentiable) inner steps, "
+        "with a fresh inner Adam (authors' code)",
     )
     fresh_learners: float = Field(
         0.0,

@@ -1,9 +1,12 @@
 """TD3's bi-level distillation (paper Algorithm 1) with RaT-BPTT.
 
 Each outer step: draw a learner from the teacher's checkpoint pool, run c ~ U{0..N-W}
-ordinary inner Adam steps on the summary, then W differentiable steps that continue
-the Adam moments, and update (G, U, T) with the gradient of
-CE(real batch) + FSA(teacher features) taken through those W steps.
+ordinary steps of a fresh inner Adam on the summary, then W differentiable steps that
+continue the Adam moments, and update (G, U, T) with the gradient of
+CE(real batch) + FSA(teacher features) taken through those W steps. With
+learner_draw="epoch" the draw happens once per epoch and the next outer step starts
+from the learner after the ordinary steps (docs/METHOD.md §1). With method="farzi"
+the summary is Farzi Data's (latent, decoder) instead of (G, U, T); the rest is the same.
 
 Every random choice of outer step s comes from generators seeded by (seed, s), so
 the counters are the whole RNG state: a run stopped after any step and resumed
@@ -20,6 +23,7 @@ tests check that both give the same meta-gradient.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -48,10 +52,11 @@ from td3core.item_chunks import logsumexp_scores
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
-from td3core.summary import TuckerSummary
+from td3core.summary import FarziSummary, Summary, TuckerSummary, copy_parameters
 from td3core.teacher import Teacher
 
-STATE_FORMAT = "td3-distill-state/1"
+STATE_FORMAT = "td3-distill-state/2"
+LEGACY_STATE_FORMAT = "td3-distill-state/1"
 
 
 @dataclass
@@ -65,7 +70,7 @@ class DistillProgress:
 
 @dataclass
 class DistillResult:
-    summary: TuckerSummary  # the best summary by validation MRR@10
+    summary: Summary  # the best summary by validation MRR@10
     best_epoch: int
     best_valid_mrr10: float
     curves: list[dict] = field(default_factory=list)
@@ -78,11 +83,12 @@ class MetaLoss:
     ce: Tensor
     fsa: Tensor
     plain_steps: int
-    params: Params  # the learner after the inner loop
-    adam: AdamState | None  # its optimiser state (None from the reference backend)
+    # The learner after the ordinary steps, where learner_draw="epoch" continues
+    # (None from the reference backend, which the config keeps to "step").
+    carry: Params | None
 
 
-SelectFn = Callable[[TuckerSummary], float]
+SelectFn = Callable[[Summary], float]
 
 
 def seed_for(*parts: int) -> int:
@@ -141,14 +147,26 @@ class Distiller:
             self._reference = _Apply(reference.to(self.device).train())
 
         init = torch.Generator().manual_seed(seed_for(config.seed, 0xC0DE))
-        self.summary = TuckerSummary(
-            config.users,
-            config.length,
-            config.rank,
-            teacher.item_embeddings.cpu(),
-            temperature=config.temperature,
-            generator=init,
-        ).to(self.device)
+        summary: Summary
+        if config.method == "farzi":
+            summary = FarziSummary(
+                config.users,
+                config.length,
+                config.rank,
+                split.n_items,
+                temperature=config.temperature,
+                generator=init,
+            )
+        else:
+            summary = TuckerSummary(
+                config.users,
+                config.length,
+                config.rank,
+                teacher.item_embeddings.cpu(),
+                temperature=config.temperature,
+                generator=init,
+            )
+        self.summary = summary.to(self.device)
         self.optimizer = torch.optim.Adam(
             self.summary.parameters(), lr=config.outer_lr, weight_decay=config.outer_weight_decay
         )
@@ -162,7 +180,7 @@ class Distiller:
         self.best_metric = -1.0
         self.best_epoch = 0
         self.best_factors = self._factors()
-        self._carried: tuple[Params, AdamState] | None = None  # learner_draw="epoch" only
+        self._carried: Params | None = None  # learner_draw="epoch" only
         self._epoch_losses: list[dict[str, float]] = []
         n_batches = math.ceil(config.users / config.synthetic_batch)
         self.synthetic_batches = [
@@ -221,18 +239,11 @@ class Distiller:
             seconds,
         )
 
-    def _summary_from(self, factors: dict[str, Tensor]) -> TuckerSummary:
-        """A detached CPU summary holding `factors`."""
-        summary = TuckerSummary(
-            self.config.users,
-            self.config.length,
-            self.config.rank,
-            self.summary.V.cpu(),
-            temperature=self.config.temperature,
-        )
-        with torch.no_grad():
-            for name, value in factors.items():
-                getattr(summary, name).copy_(value)
+    def _summary_from(self, factors: dict[str, Tensor]) -> Summary:
+        """A CPU summary holding `factors`, apart from the live one (a copy: no random
+        initialisation to draw)."""
+        summary = copy.deepcopy(self.summary).cpu()
+        copy_parameters(summary, factors)
         return summary
 
     def outer_step(self) -> dict[str, float]:
@@ -246,8 +257,8 @@ class Distiller:
         self.optimizer.step()
         self.scheduler.step()
         if cfg.learner_draw == "epoch":
-            assert meta.adam is not None  # the config refuses the reference backend here
-            self._carried = ({k: v.detach() for k, v in meta.params.items()}, meta.adam.detached())
+            assert meta.carry is not None  # the config refuses the reference backend here
+            self._carried = meta.carry
         self.step += 1
         losses = {
             "outer": meta.loss.item(),
@@ -266,19 +277,20 @@ class Distiller:
         epoch, index = divmod(s, self.steps_per_epoch)
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, s))
         real = self._real_batch(epoch, index)
-        params, adam = self._initial_learner(epoch, index, gen)
+        params = self._initial_learner(epoch, index, gen)
         plain = int(torch.randint(0, cfg.inner_steps - cfg.window + 1, (1,), generator=gen))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed_for(cfg.seed, 2, s))  # dropout in this step
-            final: AdamState | None = None
+            carry: Params | None = None
             if self._reference is None:
-                params, final = self._inner_loop(params, adam, plain, gen)
+                # a fresh inner Adam every outer step, also where the learner is carried
+                params, carry = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
                 ce, fsa = self._outer_loss(self.learner(params), real, fast=True)
-            else:  # learner_draw="step" (the config's rule): a fresh Adam every step
+            else:  # learner_draw="step" (the config's rule)
                 params, ce, fsa = self._reference_meta(params, plain, gen, real)
         loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
-        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, params, final)
+        return MetaLoss(loss, ce.detach(), fsa.detach(), plain, carry)
 
     # ------------------------------------------------------------ the pieces
     def _real_batch(self, epoch: int, index: int) -> Tensor:
@@ -289,9 +301,7 @@ class Distiller:
         start = index * self.config.real_batch
         return order[start : start + self.config.real_batch].to(self.device)
 
-    def _initial_learner(
-        self, epoch: int, index: int, gen: torch.Generator
-    ) -> tuple[Params, AdamState]:
+    def _initial_learner(self, epoch: int, index: int, gen: torch.Generator) -> Params:
         cfg = self.config
         if cfg.learner_draw == "epoch" and index > 0 and self._carried is not None:
             return self._carried
@@ -305,7 +315,7 @@ class Distiller:
         else:
             state = self.pool[int(torch.randint(len(self.pool), (1,), generator=draw_gen))]
             params = {name: state[name].detach().clone() for name in self.param_names}
-        return params, AdamState.zeros_like(params)
+        return params
 
     def _fresh_learner(self, seed: int) -> Params:
         """Parameters of a freshly initialised learner (what a user of the summary
@@ -327,7 +337,7 @@ class Distiller:
         visited = self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
         if not self._chunked:
             return [SoftSequences.of(self.summary.probs(users)) for users in visited]
-        items, chunk = self.summary.V[1:], self.config.item_chunk
+        items, chunk = self.summary.item_vectors(), self.config.item_chunk
         return [ChunkedSoftSequences(self.summary.scores(users), items, chunk) for users in visited]
 
     def _dense_probs(self, steps: int) -> list[Tensor]:
@@ -347,16 +357,18 @@ class Distiller:
 
     def _inner_loop(
         self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
-    ) -> tuple[Params, AdamState]:
+    ) -> tuple[Params, Params]:
         """`plain` ordinary inner steps, then the W differentiable ones continuing the
         (detached) Adam moments; the synthetic batches restart at batch 0 in the
-        window, as in the authors' code. Parameters and moments live in flat buffers."""
+        window, as in the authors' code. Parameters and moments live in flat buffers.
+        Returns the learner after the window and (detached) after the ordinary steps."""
         layout = self.learner.layout
         theta = layout.flatten(params).detach()  # [P], a copy this loop owns
         exp_avg, exp_avg_sq = (t.detach() for t in layout.flatten_state(adam))
         if plain:
             self._plain_steps(theta, exp_avg, exp_avg_sq, adam.step, plain, gen)
         step = adam.step + plain
+        after_plain = layout.views(theta.detach())  # the window builds new tensors
         # The window: every step a function of the previous one, graph kept.
         theta = theta.requires_grad_(True)  # a leaf: the window starts detached
         batches = self._batch_probs(self.config.window)
@@ -368,7 +380,7 @@ class Distiller:
             (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
             step += 1
             theta, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
-        return layout.views(theta), AdamState(step, layout.views(exp_avg), layout.views(exp_avg_sq))
+        return layout.views(theta), after_plain
 
     def _plain_steps(
         self,
@@ -507,7 +519,8 @@ class Distiller:
             self.best_metric, self.best_epoch, self.best_factors = metric, epoch, current
 
     def _factors(self) -> dict[str, Tensor]:
-        return {k: getattr(self.summary, k).detach().cpu().clone() for k in ("G", "U", "T")}
+        """The summary's learned tensors, by name: (G, U, T), or Farzi's (latent, decoder)."""
+        return {k: v.detach().cpu().clone() for k, v in self.summary.named_parameters()}
 
     # ------------------------------------------------------------ checkpoints
     def state_bytes(self) -> bytes:
@@ -519,14 +532,9 @@ class Distiller:
         for i, state in opt["state"].items():
             for key, value in state.items():
                 tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
-        carried_step = 0
-        if self._carried is not None:
-            params, adam = self._carried
-            carried_step = adam.step
-            for name in params:  # cloned: views of one buffer may not be saved as they are
-                tensors[f"carry.param.{name}"] = params[name].cpu().clone()
-                tensors[f"carry.avg.{name}"] = adam.exp_avg[name].cpu().clone()
-                tensors[f"carry.avg_sq.{name}"] = adam.exp_avg_sq[name].cpu().clone()
+        for name, value in (self._carried or {}).items():
+            # cloned: views of one buffer may not be saved as they are
+            tensors[f"carry.{name}"] = value.cpu().clone()
         meta = {
             "format": STATE_FORMAT,
             "config": self.config.model_dump_json(),
@@ -537,23 +545,31 @@ class Distiller:
             "epoch_losses": json.dumps(self._epoch_losses),
             "scheduler": json.dumps(self.scheduler.state_dict()),
             "opt_param_groups": json.dumps(opt["param_groups"]),
-            "carried_step": str(carried_step),
+            "carried": json.dumps(self._carried is not None),
         }
         return save_tensors({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
 
     def load_state_bytes(self, data: bytes) -> None:
         tensors = load_tensors(data)
         meta = read_metadata(data)
-        if meta.get("format") != STATE_FORMAT:
-            raise DataError(f"not a distillation checkpoint ({meta.get('format')!r})")
+        found = meta.get("format")
+        # A checkpoint of the previous layout that carries no learner (learner_draw
+        # "step", the default) holds the same state: running jobs survive the upgrade.
+        legacy = found == LEGACY_STATE_FORMAT and meta.get("carried_step") == "0"
+        if found != STATE_FORMAT and not legacy:
+            if str(found).startswith(STATE_FORMAT.split("/")[0] + "/"):
+                raise DataError(
+                    f"distillation checkpoint {found!r} was written by another version of td3 "
+                    f"(this one reads {STATE_FORMAT!r}); start the distillation again"
+                )
+            raise DataError(f"not a distillation checkpoint ({found!r})")
         # Parsed, not compared as text: settings added since the checkpoint was
         # written take their defaults, so an upgrade does not strand running jobs.
         if DistillConfig.model_validate_json(meta["config"]) != self.config:
             raise ConfigError("checkpoint was written with different distillation settings")
-        with torch.no_grad():
-            for k in ("G", "U", "T"):
-                getattr(self.summary, k).copy_(tensors[f"summary.{k}"])
-        self.best_factors = {k: tensors[f"best.{k}"] for k in ("G", "U", "T")}
+        names = [name for name, _ in self.summary.named_parameters()]
+        copy_parameters(self.summary, {k: tensors[f"summary.{k}"] for k in names})
+        self.best_factors = {k: tensors[f"best.{k}"] for k in names}
         opt_state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("opt."):
@@ -570,17 +586,9 @@ class Distiller:
         self.best_epoch = int(meta["best_epoch"])
         self.curves = json.loads(meta["curves"])
         self._epoch_losses = json.loads(meta["epoch_losses"])
-        carried_step = int(meta["carried_step"])
         self._carried = None
-        if carried_step:
-
-            def part(prefix: str) -> Params:
-                return {n: tensors[f"{prefix}.{n}"].to(self.device) for n in self.param_names}
-
-            self._carried = (
-                part("carry.param"),
-                AdamState(carried_step, part("carry.avg"), part("carry.avg_sq")),
-            )
+        if json.loads(meta.get("carried", "false")):
+            self._carried = {n: tensors[f"carry.{n}"].to(self.device) for n in self.param_names}
 
 
 def train_config_for_selection(learner: TrainConfig, steps: int) -> TrainConfig:

@@ -21,7 +21,7 @@ from td3core.data.types import SequenceDataset
 from td3core.distill import Distiller, train_config_for_selection
 from td3core.evaluation import evaluate, sample_negatives
 from td3core.learner import fresh_learner, train_on_summary
-from td3core.summary import TuckerSummary
+from td3core.summary import Summary
 from td3core.teacher import Teacher
 from td3core.training import FitResult, train_on_samples
 
@@ -83,7 +83,7 @@ class Experiment:
         recipe = self.real_recipe.model_copy(update={"seed": seed, "lr": lr})
         return recipe.sized_for(len(split.train))
 
-    def summary_recipe_for(self, summary: TuckerSummary, *, seed: int, lr: float) -> TrainConfig:
+    def summary_recipe_for(self, summary: Summary, *, seed: int, lr: float) -> TrainConfig:
         recipe = self.summary_recipe.model_copy(update={"seed": seed, "lr": lr})
         return recipe.sized_for(summary.users)
 
@@ -97,7 +97,7 @@ class Experiment:
 
     def train_summary(
         self,
-        summary: TuckerSummary,
+        summary: Summary,
         *,
         seed: int,
         lr: float,
@@ -124,7 +124,7 @@ class Experiment:
         capped at `select_steps`) scores best on validation."""
         recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
 
-        def select(summary: TuckerSummary) -> float:
+        def select(summary: Summary) -> float:
             _, fit = train_on_summary(
                 summary,
                 self.split,
@@ -185,7 +185,7 @@ def evaluation_rows(
     experiment: Experiment,
     names: list[str],
     *,
-    summary: TuckerSummary | None,
+    summary: Summary | None,
     users: int,
     length: int,
     seeds: list[int],

@@ -24,14 +24,14 @@ import torch
 from torch.utils.data import Dataset
 
 from td3core.errors import DataError
-from td3core.summary import SummaryFile, TuckerSummary, load_summary, summary_from_bytes
+from td3core.summary import Summary, SummaryFile, load_summary, summary_from_bytes
 
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float\n"
 # Users per batch are chosen so one batch of S holds about this many floats (64 MB).
 _BATCH_ELEMENTS = 1 << 24
 
 
-def _batches(summary: TuckerSummary) -> list[torch.Tensor]:
+def _batches(summary: Summary) -> list[torch.Tensor]:
     per_user = summary.length * (summary.n_items + 1)
     size = max(1, _BATCH_ELEMENTS // per_user)
     return list(torch.arange(summary.users).split(size))
@@ -65,7 +65,7 @@ def summary_to_inter(summary_file: SummaryFile, *, seed: int) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def npy_size(summary: TuckerSummary) -> int:
+def npy_size(summary: Summary) -> int:
     """Bytes of the dense `.npy` export (header included) without computing it."""
     shape = (summary.users, summary.length, summary.n_items + 1)
     return _npy_header_size(shape) + 4 * int(np.prod(shape))

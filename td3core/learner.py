@@ -43,7 +43,7 @@ from td3core.inner import summary_loss
 from td3core.models import BERT4Rec, Learner, Recommender, build_model, recommender
 from td3core.models.bert4rec import cloze_mask
 from td3core.models.sasrec import SASRec
-from td3core.summary import TuckerSummary
+from td3core.summary import Summary
 from td3core.training import FitResult, epoch_batches, fit, validation_mrr10
 
 
@@ -128,7 +128,7 @@ def fresh_learner(
 
 
 def train_on_summary(
-    summary: TuckerSummary,
+    summary: Summary,
     split: Split,
     negatives_valid: Tensor,
     model_config: ModelConfig,

@@ -32,13 +32,6 @@ class AdamState:
             exp_avg_sq={k: torch.zeros_like(v) for k, v in params.items()},
         )
 
-    def detached(self) -> AdamState:
-        return AdamState(
-            step=self.step,
-            exp_avg={k: v.detach() for k, v in self.exp_avg.items()},
-            exp_avg_sq={k: v.detach() for k, v in self.exp_avg_sq.items()},
-        )
-
 
 @dataclass(frozen=True)
 class Layout:

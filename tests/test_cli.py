@@ -13,7 +13,8 @@ import torch
 from td3.cli import main
 from td3core.config import DistillConfig
 from td3core.data import generate_interactions, write_interactions_csv
-from td3core.summary import load_summary
+from td3core.serialization import read_metadata
+from td3core.summary import FarziSummary, load_summary
 
 # The tiny catalogue has fewer than 100 items: negatives are padded (and masked).
 pytestmark = pytest.mark.filterwarnings("ignore:.*fewer than 100 unseen items")
@@ -248,3 +249,22 @@ def test_checkpoint_and_resume(data, tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["{}", "{}"]  # no evaluations asked for
     assert main(["distill", str(data), *TINY, "--resume", "--out", str(second)]) == 2
     assert "--resume needs --checkpoint" in capsys.readouterr().err
+
+
+def test_distill_and_evaluate_a_farzi_summary(data, tmp_path, capsys):
+    out, report = tmp_path / "farzi.safetensors", tmp_path / "r.json"
+    flags = words("--method farzi --rank 4 --eval summary")
+    code = main(["distill", str(data), *TINY, *flags, "--out", str(out), "--report", str(report)])
+    assert code == 0
+    stored = load_summary(out)
+    assert read_metadata(out.read_bytes())["format"] == "td3-farzi-summary/1"
+    assert isinstance(stored.summary, FarziSummary)
+    assert tuple(stored.summary.latent.shape) == (4, 8, 4)
+    expected = json.loads(report.read_text())["evaluation"]["summary"]
+    capsys.readouterr()
+    evaluate = ["evaluate", str(data), "--summary", str(out), "--device", "cpu", "--quiet"]
+    assert main(evaluate) == 0
+    assert _json(capsys)["summary"]["uni100"] == expected["uni100"]
+    # the leaky variant starts learners from the teacher's item table: a Farzi file has none
+    assert main([*evaluate, "--paper-compatible"]) == 2
+    assert "Farzi summary does not hold" in capsys.readouterr().err

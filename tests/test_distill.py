@@ -1,8 +1,24 @@
+import json
+
 import pytest
 import torch
-from helpers_distill import NO_DROPOUT, WITH_DROPOUT, default_dtype, distiller
+from helpers_distill import (
+    NO_DROPOUT,
+    WITH_DROPOUT,
+    default_dtype,
+    distiller,
+    selection_metric,
+    tiny_split,
+)
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
-from td3core.errors import Cancelled, ConfigError
+from td3core.config import TrainConfig
+from td3core.errors import Cancelled, ConfigError, DataError
+from td3core.learner import train_on_summary
+from td3core.optim import AdamState
+from td3core.serialization import read_metadata
+from td3core.summary import FarziSummary
 
 
 def _meta_gradients(**overrides) -> dict[str, torch.Tensor]:
@@ -53,26 +69,59 @@ def test_meta_loss_is_a_pure_function_of_the_state():
     assert d.meta_loss().loss.item() == d.meta_loss().loss.item()
 
 
-@pytest.mark.parametrize("learner_draw", ["step", "epoch"])
-def test_resume_gives_the_same_summary_as_an_uninterrupted_run(learner_draw):
-    whole = distiller(WITH_DROPOUT, learner_draw=learner_draw)
+@pytest.mark.parametrize(
+    ("learner_draw", "method"), [("step", "tucker"), ("epoch", "tucker"), ("epoch", "farzi")]
+)
+@pytest.mark.parametrize("stop_after", [2, 3])  # inside the first epoch (3 steps), at its end
+def test_resume_gives_the_same_summary_as_an_uninterrupted_run(learner_draw, method, stop_after):
+    settings = dict(learner_draw=learner_draw, method=method)
+    whole = distiller(WITH_DROPOUT, **settings)
     whole_result = whole.run()
-    assert whole.step == whole.total_steps > 3
+    assert whole.step == whole.total_steps > 3 == whole.steps_per_epoch
 
-    first = distiller(WITH_DROPOUT, learner_draw=learner_draw)
-    first.run(stop_after=3)
+    first = distiller(WITH_DROPOUT, **settings)
+    first.run(stop_after=stop_after)
     checkpoint = first.state_bytes()
-    resumed = distiller(WITH_DROPOUT, learner_draw=learner_draw)
+    resumed = distiller(WITH_DROPOUT, **settings)
     resumed.load_state_bytes(checkpoint)
-    assert resumed.step == 3
+    assert resumed.step == stop_after
+    if learner_draw == "epoch":  # the checkpoint holds the carried learner, bit for bit
+        assert first._carried is not None and resumed._carried is not None
+        for name, value in first._carried.items():
+            assert torch.equal(value, resumed._carried[name])
+    else:
+        assert resumed._carried is None
     resumed_result = resumed.run()
 
-    for name in ("G", "U", "T"):  # bit-identical on CPU
+    names = [name for name, _ in whole.summary.named_parameters()]
+    assert names == (["latent", "decoder"] if method == "farzi" else ["G", "U", "T"])
+    for name in names:  # bit-identical on CPU
         assert torch.equal(getattr(whole.summary, name), getattr(resumed.summary, name))
         assert torch.equal(
             getattr(whole_result.summary, name), getattr(resumed_result.summary, name)
         )
     assert whole_result.curves == resumed_result.curves
+
+
+def test_a_farzi_distillation_learns_its_summary_and_trains_learners():
+    d = distiller(method="farzi", rank=4, epochs=1)
+    assert isinstance(d.summary, FarziSummary)
+    before = {k: v.detach().clone() for k, v in d.summary.named_parameters()}
+    result = d.run()
+    assert isinstance(result.summary, FarziSummary) and result.best_epoch == 1
+    for name, value in result.summary.named_parameters():
+        assert not torch.equal(value, before[name])
+    assert all(c["outer"] == c["outer"] for c in result.curves)  # finite, not NaN
+    split, negatives = tiny_split()
+    recipe = TrainConfig(max_steps=4, eval_every=2, batch_size=4)
+    _, fit = train_on_summary(result.summary, split, negatives, NO_DROPOUT, recipe)
+    assert fit.steps == 4 and 0.0 <= fit.best_metric <= 100.0
+
+
+def test_checkpoint_of_another_method_is_refused():
+    blob = distiller(method="farzi").state_bytes()
+    with pytest.raises(ConfigError, match="different distillation settings"):
+        distiller(method="tucker").load_state_bytes(blob)
 
 
 def test_checkpoint_from_other_settings_is_refused():
@@ -81,14 +130,79 @@ def test_checkpoint_from_other_settings_is_refused():
         distiller(epochs=2).load_state_bytes(blob)
 
 
+@pytest.mark.parametrize(
+    ("found", "message"),
+    [
+        ("td3-distill-state/1", "another version of td3.*start the distillation again"),
+        ("td3-summary/1", "not a distillation checkpoint"),
+    ],
+)
+def test_checkpoint_of_another_format_is_refused(found, message):
+    # td3-distill-state/1 carried the inner Adam's moments; /2 carries the learner only
+    d = distiller(learner_draw="epoch")
+    d.outer_step()
+    blob = d.state_bytes()
+    relabelled = save_tensors(load_tensors(blob), metadata=read_metadata(blob) | {"format": found})
+    with pytest.raises(DataError, match=message):
+        distiller(learner_draw="epoch").load_state_bytes(relabelled)
+
+
+def test_checkpoint_of_the_previous_layout_without_a_carry_still_resumes():
+    # What a running job (learner_draw "step") wrote before the upgrade: format /1,
+    # `carried_step` 0 instead of `carried`, and settings without the newer fields.
+    first = distiller()
+    first.run(stop_after=2)
+    blob = first.state_bytes()
+    meta = read_metadata(blob)
+    config = {k: v for k, v in json.loads(meta.pop("config")).items()}
+    del config["method"], config["item_chunk"]
+    del meta["carried"]
+    legacy = meta | {
+        "format": "td3-distill-state/1",
+        "carried_step": "0",
+        "config": json.dumps(config),
+    }
+    resumed = distiller()
+    resumed.load_state_bytes(save_tensors(load_tensors(blob), metadata=legacy))
+    assert resumed.step == 2
+    assert [c["epoch"] for c in resumed.run().curves] == [1, 2]
+    whole = distiller()
+    whole.run()
+    for name in ("G", "U", "T"):
+        assert torch.equal(getattr(whole.summary, name), getattr(resumed.summary, name))
+
+
+def test_epoch_draw_continues_the_learner_with_a_fresh_adam_every_step(monkeypatch):
+    d = distiller(learner_draw="epoch", epochs=1, real_batch=64, inner_steps=9)
+    started: list[tuple[dict, AdamState]] = []
+    inner_loop = d._inner_loop
+
+    def spy(params, adam, plain, gen):
+        started.append((params, adam))
+        return inner_loop(params, adam, plain, gen)
+
+    monkeypatch.setattr(d, "_inner_loop", spy)
+    carried = []
+    for _ in range(d.steps_per_epoch):
+        d.outer_step()
+        carried.append(d._carried)
+    assert d.steps_per_epoch == len(started) == 5
+    for _, adam in started:  # the moments and the step count restart
+        assert adam.step == 0
+        assert not any(v.any() for v in (*adam.exp_avg.values(), *adam.exp_avg_sq.values()))
+    for (params, _), previous in zip(started[1:], carried, strict=False):
+        for name, value in params.items():
+            assert torch.equal(value, previous[name])
+
+
 def test_best_summary_is_the_best_epoch_by_selection_metric():
     d = distiller(epochs=3)
     result = d.run()
     metrics = [c["valid_mrr10"] for c in result.curves]
     assert [c["epoch"] for c in result.curves] == [1, 2, 3]
     assert result.best_epoch == 1 + metrics.index(max(metrics))
-    # The selection stub is sum(U): the returned summary must carry that value.
-    assert float(result.summary.U.detach().sum()) == pytest.approx(max(metrics))
+    # The selection stub is a norm of the factors: the returned summary must carry that value.
+    assert selection_metric(result.summary) == pytest.approx(max(metrics))
 
 
 def test_progress_and_cancellation():
@@ -131,11 +245,10 @@ def test_settings_that_cannot_work_are_rejected():
 def test_fresh_learners_start_from_a_seeded_fresh_initialisation():
     d = distiller(fresh_learners=1.0)
     gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    params, adam = d._initial_learner(0, 0, gen())
-    again, _ = d._initial_learner(0, 0, gen())
-    assert adam.step == 0
+    params = d._initial_learner(0, 0, gen())
+    again = d._initial_learner(0, 0, gen())
     for name, value in params.items():
         assert torch.equal(value, again[name])  # seeded
         assert all(not torch.equal(value, state[name]) for state in d.pool)
-    pooled, _ = distiller(fresh_learners=0.0)._initial_learner(0, 0, gen())
+    pooled = distiller(fresh_learners=0.0)._initial_learner(0, 0, gen())
     assert any(all(torch.equal(pooled[n], state[n]) for n in pooled) for state in d.pool)

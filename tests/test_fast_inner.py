@@ -51,13 +51,29 @@ def test_meta_gradient_equals_the_straightforward_engine(model, learner_draw, in
         for _ in range(2):  # the second step of "epoch" continues the carried learner
             fast = d.meta_loss()
             ours = _grads(fast.loss, d)
-            theirs = _grads(reference_meta_loss(d), d)
+            theirs = _grads(reference_meta_loss(d).loss, d)
             assert inner_steps > 3 or fast.plain_steps == 0
             for name in FACTORS:
                 assert theirs[name].abs().max() > 0
                 torch.testing.assert_close(ours[name], theirs[name], rtol=1e-9, atol=1e-15)
             d.outer_step()
         assert d._carried is not None or learner_draw == "step"
+
+
+def test_epoch_draw_carries_the_learner_after_the_ordinary_steps():
+    # Not the learner after the window: its steps are not carried (the authors' code).
+    with default_dtype(torch.float64):
+        d = distiller(WITH_DROPOUT, inner_steps=9, learner_draw="epoch", epochs=1, real_batch=64)
+        plain_steps = []
+        for _ in range(3):
+            expected = reference_meta_loss(d)
+            plain_steps.append(d.outer_step()["plain_steps"])
+            assert d._carried is not None
+            for name, value in d._carried.items():
+                torch.testing.assert_close(value, expected.after_plain[name], rtol=1e-9, atol=1e-12)
+            window = expected.after_window
+            assert any(not torch.allclose(d._carried[n], window[n].detach()) for n in window)
+        assert any(plain_steps)
 
 
 def test_some_draws_have_plain_steps():

@@ -8,7 +8,9 @@ from safetensors.torch import save as save_tensors
 from td3core.errors import DataError
 from td3core.serialization import read_metadata
 from td3core.summary import (
+    FARZI_FORMAT,
     SUMMARY_FORMAT,
+    FarziSummary,
     TuckerSummary,
     load_summary,
     save_summary,
@@ -86,3 +88,58 @@ def test_foreign_or_broken_files_are_rejected():
     del tensors["T"]
     with pytest.raises(DataError, match="missing tensors"):
         summary_from_bytes(save_tensors(tensors, metadata=meta))
+
+
+def make_farzi(users: int = 5, length: int = 7, n_items: int = N_ITEMS, seed: int = 1):
+    return FarziSummary(
+        users, length, 3, n_items, temperature=0.7, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def test_farzi_probabilities_are_distributions_over_real_items():
+    s = make_farzi()
+    assert (s.users, s.length, s.n_items) == (5, 7, N_ITEMS)
+    probs = s.probs(torch.tensor([4, 0]))
+    assert probs.shape == (2, 7, N_ITEMS + 1)
+    assert torch.equal(probs[..., 0], torch.zeros(2, 7))  # padding, exactly 0
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 7))
+    expected = torch.softmax(s.latent[[4, 0]] @ s.decoder / 0.7, dim=-1)
+    torch.testing.assert_close(probs[..., 1:], expected)
+    assert torch.equal(make_farzi().latent, s.latent)  # seeded
+    assert not torch.equal(make_farzi(seed=2).latent, s.latent)
+
+
+def _parameters(summary: torch.nn.Module) -> int:
+    return sum(p.numel() for p in summary.parameters())
+
+
+def test_farzi_parameters_grow_with_the_items_and_the_length():
+    base = _parameters(make_farzi())
+    assert base == 5 * 7 * 3 + 3 * N_ITEMS
+    assert _parameters(make_farzi(n_items=10 * N_ITEMS)) - base == 3 * 9 * N_ITEMS
+    assert _parameters(make_farzi(length=14)) - base == 5 * 7 * 3
+    # TD3's borrows the item side (V is a frozen buffer): its count ignores the items
+    tucker = [TuckerSummary(5, 7, 3, torch.zeros(n + 1, D3)) for n in (N_ITEMS, 10 * N_ITEMS)]
+    assert _parameters(tucker[0]) == _parameters(tucker[1])
+
+
+def test_farzi_file_round_trip_under_its_own_format():
+    s = make_farzi()
+    data = summary_to_bytes(s, item_ids=ITEM_IDS, config={"a": 1}, dataset_sha256="abc")
+    assert read_metadata(data)["format"] == FARZI_FORMAT != SUMMARY_FORMAT
+    assert set(load_tensors(data)) == {"latent", "decoder"}
+    loaded = summary_from_bytes(data)
+    assert isinstance(loaded.summary, FarziSummary)
+    assert loaded.item_ids == ITEM_IDS and loaded.summary.temperature == 0.7
+    users = torch.arange(5)
+    assert torch.equal(loaded.summary.probs(users), s.probs(users))
+    tensors, meta = load_tensors(data), read_metadata(data)
+    tensors["decoder"] = torch.zeros(4, N_ITEMS)  # latent holds d = 3
+    with pytest.raises(DataError, match="shapes do not chain"):
+        summary_from_bytes(save_tensors(tensors, metadata=meta))
+    tensors["decoder"] = torch.zeros(3, N_ITEMS + 1)  # one item more than item_ids list
+    with pytest.raises(DataError, match="item_ids"):
+        summary_from_bytes(save_tensors(tensors, metadata=meta))
+    # a Farzi file relabelled as the Tucker contract lacks its tensors
+    with pytest.raises(DataError, match="missing tensors"):
+        summary_from_bytes(save_tensors(tensors, metadata=meta | {"format": SUMMARY_FORMAT}))

@@ -170,7 +170,8 @@ _SUMMARY_MEDIA = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "text/plain": {"schema": {"type": "string"}},
             },
-            "description": "the summary: the `td3-summary/1` safetensors file (default), "
+            "description": "the summary: the `td3-summary/1` safetensors file (default; "
+            "`td3-farzi-summary/1` for `distill.method` 'farzi'), "
             "sampled RecBole `.inter` sequences, or the dense `[users, length, items]` "
             "probabilities as `.npy`; `X-Content-SHA256` is the sha256 of the body",
         },
