@@ -45,16 +45,16 @@ class Teacher:
         device = self.model.item_embedding.weight.device
         was_training = self.model.training
         self.model.eval()
-        out = []
+        # One output buffer filled in place: small per-batch results kept between the
+        # batches' temporaries would pin gigabytes of freed heap on large data.
+        out = torch.empty(len(samples), self.model.hidden, device=device)
         with torch.no_grad():
             for start in range(0, len(samples), batch_size):
                 history = samples.history[start : start + batch_size].to(device)
                 lengths = samples.lengths[start : start + batch_size].to(device)
-                out.append(self.model.last_features(history, lengths))
+                out[start : start + len(history)] = self.model.last_features(history, lengths)
         self.model.train(was_training)
-        if not out:
-            return torch.zeros(0, self.model.hidden, device=device)
-        return torch.cat(out)
+        return out
 
 
 def train_teacher(

@@ -102,6 +102,7 @@ def test_teacher_learns_and_keeps_its_pool(split, negatives):
     assert torch.allclose(
         feats, teacher.model.last_features(split.valid.history, split.valid.lengths), atol=1e-6
     )
+    assert teacher.features(split.valid.select(torch.arange(0))).shape == (0, 16)
     assert torch.equal(teacher.item_embeddings, teacher.model.item_embedding.weight)
 
     again = teacher_state_from_bytes(teacher_state_to_bytes(teacher))
