@@ -19,6 +19,7 @@ recorded. Per inner step: outer-step time / (plain steps + W), all included.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import importlib
 import io
@@ -211,8 +212,6 @@ def measure(
     split, negatives = synthetic_split(case)
     teacher = quick_teacher(split, negatives, device)
     dev = torch.device(device)
-    before = memory_now_mb(dev)
-    reset_peak_memory(dev)
     distillers = {
         engine: baseline_distiller(baseline, case, split, teacher, device)
         if engine == "baseline" and baseline
@@ -221,6 +220,12 @@ def measure(
         )
         for engine in case.engines
     }
+    # The outer steps' memory, from here: glibc keeps freed heap (the teacher's, the
+    # feature cache's batches) resident until trimmed, which hid it by gigabytes.
+    if dev.type == "cpu":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = memory_now_mb(dev)
+    reset_peak_memory(dev)
     times: dict[str, list[float]] = {e: [] for e in case.engines}
     cpu: dict[str, list[float]] = {e: [] for e in case.engines}
     plain: list[float] = []
