@@ -195,6 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_distill_options(p, size_required=False)  # --users/--length: the dataset's paper size
     p.add_argument("--real-batch", type=int, help="real-data batch (default: the authors')")
     p.add_argument("--distill-seeds", type=int, default=3)
+    p.add_argument(
+        "--first-distill-seed",
+        type=int,
+        default=0,
+        help="distillation seeds run: this one and the next --distill-seeds - 1 "
+        "(so seeds can run in parallel processes)",
+    )
     p.add_argument("--sample-seeds", type=int, default=3, help="seeds of baselines and full")
     p.add_argument("--eval-seeds", type=int, default=1, help="learners per summary")
     p.add_argument("--skip", default="", help="comma-separated rows to skip (e.g. longest)")
@@ -272,8 +279,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     distillations: list[dict[str, Any]] = []
     summaries: list[Summary] = []
+    distill_seeds = range(args.first_distill_seed, args.first_distill_seed + args.distill_seeds)
     if "td3" not in skip:
-        for seed in range(args.distill_seeds):
+        for seed in distill_seeds:
             phases.start(f"distillation seed {seed}")
             summary, info = distill_one(bench, job, teacher, seed)
             phases.stop()
@@ -302,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         seeds=sample_seeds, lrs=job.search_lrs, alt=False,
                                         learner=learner, reuse=reuse))  # fmt: skip
             phases.stop()
-        for seed, summary in enumerate(summaries):
+        for seed, summary in zip(distill_seeds, summaries, strict=False):
             phases.start(f"{learner}: learners on summary seed {seed}")
             rows = evaluation_rows(bench, ["summary"], summary=summary, users=users,
                                    length=length, seeds=learner_seeds, lrs=job.search_lrs,
