@@ -48,7 +48,7 @@ from td3core.inner import (
     inner_loss,
     summary_loss,
 )
-from td3core.item_chunks import logsumexp_scores
+from td3core.item_chunks import soft_cross_entropy
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
@@ -334,7 +334,7 @@ class Distiller:
         a fixed order). Computed once per phase: the factors do not change inside the
         inner loop, and in the window one tensor per batch keeps the graph small.
         Kept factored when the catalogue is larger than `item_chunk`."""
-        visited = self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
+        visited = self._visited(steps)
         if not self._chunked:
             return [SoftSequences.of(self.summary.probs(users)) for users in visited]
         items, chunk = self.summary.item_vectors(), self.config.item_chunk
@@ -342,8 +342,11 @@ class Distiller:
 
     def _dense_probs(self, steps: int) -> list[Tensor]:
         """S of the same batches as `_batch_probs`, always materialised (the reference)."""
-        visited = self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
-        return [self.summary.probs(users) for users in visited]
+        return [self.summary.probs(users) for users in self._visited(steps)]
+
+    def _visited(self, steps: int) -> list[Tensor]:
+        """The synthetic batches `steps` inner steps visit (they cycle in a fixed order)."""
+        return self.synthetic_batches[: min(steps, len(self.synthetic_batches))]
 
     def _alt_positions(self, steps: int, gen: torch.Generator) -> list[Tensor | None]:
         """The ALT target positions of `steps` inner steps, drawn up front (the same
@@ -498,8 +501,9 @@ class Distiller:
         features = model.last_features(batch.history, batch.lengths, last_only=fast)  # [B, H]
         if fast and self._chunked:
             table = model.item_embedding.weight[1:]
-            log_norm = logsumexp_scores(features, table, self.config.item_chunk)
-            ce = (log_norm - (features * table[batch.targets - 1]).sum(-1)).mean()
+            ce = soft_cross_entropy(
+                features, table, table[batch.targets - 1], self.config.item_chunk
+            )
         else:
             ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
         fsa = F.mse_loss(features, self.teacher_features[index])

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from td3core.item_chunks import logsumexp_scores, softmax_mix
+from td3core.item_chunks import soft_cross_entropy, softmax_mix
 from td3core.models.sasrec import SASRec
 from td3core.optim import Layout, Params
 
@@ -81,9 +81,7 @@ class ChunkedSoftSequences:
         mixed = mixed.view(batch, length, -1)  # [B, zeta, H]
         features = model.sequence_features(embedded=mixed[:, :-1])  # [B, zeta-1, H]
         hidden = _pick(features, None if positions is None else positions - 1)  # [B or 2B, H]
-        # CE(p, softmax(h E^T)) = logsumexp(h E^T) - h . (p @ E), as sum(p) = 1.
-        log_norm = logsumexp_scores(hidden, table, self.chunk)
-        return (log_norm - (hidden * _pick(mixed, positions)).sum(-1)).mean()
+        return soft_cross_entropy(hidden, table, _pick(mixed, positions), self.chunk)
 
 
 def inner_loss(

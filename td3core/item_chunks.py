@@ -33,6 +33,13 @@ def logsumexp_scores(h: Tensor, table: Tensor, chunk: int) -> Tensor:
     return softmax_mix(h, table, table.new_empty(len(table), 0), chunk)[1]
 
 
+def soft_cross_entropy(hidden: Tensor, table: Tensor, target_mix: Tensor, chunk: int) -> Tensor:
+    """Mean over rows of CE(p, softmax(hidden @ table^T)), given target_mix = p @ table
+    (a table row for a hard target): logsumexp(h E^T) - h . (p @ E), as sum(p) = 1.
+    hidden, target_mix: [R, k]; table: [n, k]."""
+    return (logsumexp_scores(hidden, table, chunk) - (hidden * target_mix).sum(-1)).mean()
+
+
 def _chunks(n: int, chunk: int) -> list[slice]:
     return [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
 
