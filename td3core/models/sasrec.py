@@ -226,10 +226,16 @@ class SASRec(SequentialRecommender):
         random stream differs from the full pass."""
         if not last_only:
             return gather_last(self.sequence_features(items, lengths), lengths)
-        x, mask = self._block_inputs(items, lengths, None)
         *earlier, last = self.blocks
-        for block in earlier:
-            x = block(x, mask)
+        if earlier:
+            x, mask = self._block_inputs(items, lengths, None)
+            for block in earlier:
+                x = block(x, mask)
+        else:  # one block: only the last query's mask row is needed, not [B, 1, L, L]
+            x = self._positional(self.item_embedding(items))
         rows, index = torch.arange(len(x), device=x.device), lengths - 1
         query = x[rows, index].unsqueeze(1)  # [B, 1, H]
-        return last(x, mask[rows, :, index].unsqueeze(2), query).squeeze(1)  # mask [B,1,1,L]
+        # The query at position lengths-1 may see keys < lengths (causal and valid at once).
+        keys = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(-1)  # [B, L]
+        mask = torch.where(keys, 0.0, MASK_VALUE).to(x.dtype)[:, None, None]  # [B, 1, 1, L]
+        return last(x, mask, query).squeeze(1)
