@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="td3",
-        version="1",
+        version="1.1",  # 1.1: preset "default" (used when omitted), teacher_search
         summary="TD3 dataset distillation for sequential recommendation, as a service",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,

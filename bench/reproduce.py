@@ -4,14 +4,15 @@ numbers (Tables 2 and 3, typed in below and labelled as the paper's).
 
     python bench/reproduce.py --dataset magazine --epochs 10 --json bench/magazine.json
 
-Everything is trained by the library (`Experiment`, `evaluation_rows`, `train_teacher`,
-`Distiller`); this script only schedules the runs and prints the tables.
+Everything is trained by the library (`Experiment`, `evaluation_rows`,
+`Experiment.train_teacher`, `Distiller`); this script only schedules the runs and prints the tables.
 
 * The teacher is trained once (seed = the teacher recipe's seed) and serves every
-  distillation seed. Its training is exactly `Experiment.train_real(split, seed=, lr=)`
-  at the teacher's seed and lr (same recipe, initialisation and batches), so the search
-  reuses it for that point; the other full-data runs are trained separately
-  (`--full-from-scratch` trains all of them).
+  distillation seed: the best on validation of the full-data runs at the teacher's lrs
+  (`JobConfig.teacher_lrs`). Each run is exactly `Experiment.train_real(split, seed=, lr=)`
+  at that seed and lr (same recipe, initialisation and batches), so the full-data row's
+  search reuses them; other full-data runs are trained separately (`--full-from-scratch`
+  trains all of them).
 * TD3: one summary per distillation seed (0..N-1), `--eval-seeds` fresh learners each;
   mean +- std over all those learners (with one learner each: over distillation seeds).
   "paper-compatible" learners start from the teacher's item embeddings (the authors'
@@ -41,7 +42,6 @@ from td3core.data import PreprocessConfig, build_dataset, read_interactions
 from td3core.distill import DistillProgress
 from td3core.experiment import Experiment, Reusable, aggregate, evaluation_rows
 from td3core.summary import Summary
-from td3core.teacher import train_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO.parent / "shared" / "data"
@@ -268,13 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases.stop()
     users, length = job.distill.users, job.distill.length
 
-    phases.start(f"teacher (= full-data run, seed {job.teacher.seed})")
-    teacher_recipe = bench.real_recipe_for(split, seed=job.teacher.seed, lr=job.teacher.lr)
-    teacher = train_teacher(
-        split, bench.negatives_valid, job.model, teacher_recipe,
-        pool_epochs=(job.distill.pool_first_epoch, job.distill.pool_last_epoch),
-        device=args.device,
-    )  # fmt: skip
+    phases.start(f"teacher (= full-data runs, seed {job.teacher.seed}, lrs {job.teacher_lrs})")
+    teacher, teacher_runs = bench.train_teacher(job)
     phases.stop()
 
     distillations: list[dict[str, Any]] = []
@@ -288,12 +283,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summaries.append(summary)
             distillations.append(info)
 
-    # The teacher is the full-data SASRec run at its own seed and lr; --full-from-scratch
-    # trains that run again.
-    reuse: Reusable = {}
-    if not args.full_from_scratch:
-        key = ("full", "sasrec", job.teacher.seed, job.teacher.lr)
-        reuse[key] = (teacher.model, teacher.fit)
+    # The teacher's runs are full-data SASRec runs at their seed and lr; --full-from-scratch
+    # trains them again.
+    reuse: Reusable = {} if args.full_from_scratch else teacher_runs
     sample_seeds = list(range(args.sample_seeds))
     learner_seeds = [job.learner.seed + i for i in range(job.eval_seeds)]
     leaky = None if args.no_paper_compatible else teacher.item_embeddings
@@ -336,6 +328,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "steps": teacher.fit.steps,
             "stop_reason": teacher.fit.stop_reason,
             "pool_epochs": teacher.pool_epochs,
+            "lr": teacher.lr,
+            "lr_search": teacher.lr_search,
         },
         "distillations": distillations,
         "runs": all_runs,

@@ -50,6 +50,7 @@ from td3core.data import (
 from td3core.data.samples import Split
 from td3core.distill import Distiller, DistillProgress, train_config_for_selection
 from td3core.evaluation import sample_negatives
+from td3core.experiment import Experiment
 from td3core.learner import train_on_summary
 from td3core.summary import Summary
 from td3core.teacher import Teacher, train_teacher
@@ -308,10 +309,6 @@ def end_to_end(
     spec = REAL[name]
     phases: dict[str, float] = {}
     started = time.perf_counter()
-    dataset = build_dataset(read_interactions(data_root / spec.path, fmt=spec.fmt))
-    split = leave_one_out(dataset, spec.zeta)
-    negatives = sample_negatives(split.valid, split.sequences, split.n_items, n=100, seed=0)
-    phases["data"] = time.perf_counter() - started
     distill = DistillConfig(
         users=spec.mu,
         length=spec.zeta,
@@ -320,15 +317,12 @@ def end_to_end(
         synthetic_batch=spec.synthetic_batch,
     )
     job = JobConfig(distill=distill, model=MODEL)
+    dataset = build_dataset(read_interactions(data_root / spec.path, fmt=spec.fmt))
+    experiment = Experiment.for_job(dataset, job, device=device)
+    split, negatives = experiment.split, experiment.negatives_valid
+    phases["data"] = time.perf_counter() - started
     mark = time.perf_counter()
-    teacher = train_teacher(
-        split,
-        negatives,
-        job.model,
-        job.teacher.sized_for(len(split.train)),
-        pool_epochs=(distill.pool_first_epoch, distill.pool_last_epoch),
-        device=device,
-    )
+    teacher, _ = experiment.train_teacher(job)
     phases["teacher"] = time.perf_counter() - mark
     recipe = train_config_for_selection(job.learner, distill.select_steps)
     select_seconds = 0.0

@@ -133,7 +133,13 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         help=_doc("select_steps", "learner steps to pick the best epoch"),
     )
     p.add_argument("--no-alt", action="store_true", help="no augmented learner training")
-    p.add_argument("--no-fsa", action="store_true", help="no feature space alignment")
+    fsa = p.add_mutually_exclusive_group()
+    fsa.add_argument(
+        "--fsa",
+        action="store_true",
+        help="feature space alignment in the outer loss (the paper's; off by default)",
+    )
+    fsa.add_argument("--no-fsa", action="store_true", help="no feature space alignment")
     p.add_argument("--learner-draw", choices=("step", "epoch"))
     p.add_argument(
         "--fresh-learners",
@@ -151,6 +157,12 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         help=_doc("item_chunk", "catalogues larger than this are read in chunks of it"),
     )
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
+    p.add_argument(
+        "--teacher-lr",
+        type=float,
+        help="train the teacher (the full-data SASRec run that gives V, the pool and FSA "
+        "targets) at this lr only (default: the best of --search-lrs on validation)",
+    )
     p.add_argument("--learner-steps", type=int, help="step cap of learners on the summary")
     p.add_argument("--learner-lr", type=float, help="lr of learners on the summary")
     p.add_argument("--search-lrs", type=_floats, help=_SEARCH_HELP)
@@ -191,13 +203,14 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
     }
     if args.no_alt:
         distill["alt"] = False
-    if args.no_fsa:
-        distill["fsa"] = False
+    if args.fsa or args.no_fsa:
+        distill["fsa"] = args.fsa
     return JobConfig.model_validate(
         {
             "distill": distill,
-            "teacher": _given(max_steps=args.teacher_steps),
+            "teacher": _given(max_steps=args.teacher_steps, lr=args.teacher_lr),
             "learner": _given(max_steps=args.learner_steps, lr=args.learner_lr),
+            **({"teacher_search": False} if args.teacher_lr is not None else {}),
             **_given(
                 search_lrs=args.search_lrs,
                 learners=args.learners,

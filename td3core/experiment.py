@@ -9,6 +9,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +23,11 @@ from td3core.distill import Distiller, train_config_for_selection
 from td3core.evaluation import evaluate, sample_negatives
 from td3core.learner import fresh_learner, train_on_summary
 from td3core.summary import Summary
-from td3core.teacher import Teacher
-from td3core.training import FitResult, train_on_samples
+from td3core.teacher import Teacher, train_teacher
+from td3core.training import FitResult, StepHook, train_on_samples
 
 Trained = tuple[nn.Module, FitResult]
+Run = TypeVar("Run")
 
 
 @dataclass
@@ -119,6 +121,42 @@ class Experiment:
             objective=objective,
         )
 
+    def train_teacher(
+        self,
+        job: JobConfig,
+        *,
+        step_hook: Callable[[TrainConfig], StepHook | None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[Teacher, Reusable]:
+        """The teacher: the full-data SASRec run at each of `job.teacher_lrs`, the one with
+        the best validation MRR@10 kept (test data is never looked at). Also returns every
+        run, keyed as the full-data rows that evaluation may reuse. `step_hook(recipe)`
+        gives each run's per-step hook.
+
+        Why a search: a teacher stopped early on a plateau has an item table V near its
+        initialisation and checkpoints that know little more than popularity, and the
+        summary inherits both."""
+        runs: dict[float, Teacher] = {}
+
+        def train(lr: float) -> tuple[Teacher, FitResult]:
+            recipe = self.real_recipe_for(self.split, seed=job.teacher.seed, lr=lr)
+            runs[lr] = train_teacher(
+                self.split, self.negatives_valid, self.model, recipe,
+                pool_epochs=(job.distill.pool_first_epoch, job.distill.pool_last_epoch),
+                device=self.device,
+                on_step=step_hook(recipe) if step_hook is not None else None,
+                should_stop=should_stop,
+            )  # fmt: skip
+            return runs[lr], runs[lr].fit
+
+        (teacher, _), chosen = searched(train, job.teacher_lrs)
+        teacher.lr_search = chosen["search"]
+        reuse: Reusable = {
+            ("full", "sasrec", job.teacher.seed, lr): (run.model, run.fit)
+            for lr, run in runs.items()
+        }
+        return teacher, reuse
+
     def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
         """A Distiller that keeps the summary whose fresh learner (the summary recipe
         capped at `select_steps`) scores best on validation."""
@@ -165,10 +203,12 @@ def run_record(model: nn.Module, fit: FitResult, experiment: Experiment, interac
     }
 
 
-def searched(train: Callable[..., Trained], lrs: list[float]) -> tuple[Trained, dict]:
+def searched(
+    train: Callable[..., tuple[Run, FitResult]], lrs: list[float]
+) -> tuple[tuple[Run, FitResult], dict]:
     """Call `train(lr=...)` once per learning rate and keep the run with the best validation MRR@10
     (test data is never looked at); the record says what was tried and chosen."""
-    best: Trained | None = None
+    best: tuple[Run, FitResult] | None = None
     best_lr, best_metric, tried = lrs[0], -math.inf, {}
     for lr in lrs:
         model, fit = train(lr=lr)

@@ -14,8 +14,9 @@ from typing import Protocol
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from torch import nn
 
-from td3core.config import JobConfig
+from td3core.config import JobConfig, TrainConfig
 from td3core.data.types import SequenceDataset
 from td3core.distill import DistillProgress
 from td3core.errors import Cancelled, DataError
@@ -23,7 +24,8 @@ from td3core.experiment import Experiment, Reusable, evaluation_rows, evaluation
 from td3core.report import build_report
 from td3core.serialization import read_metadata
 from td3core.summary import summary_to_bytes
-from td3core.teacher import Teacher, teacher_state_from_bytes, teacher_state_to_bytes, train_teacher
+from td3core.teacher import Teacher, teacher_state_from_bytes, teacher_state_to_bytes
+from td3core.training import StepHook
 
 CHECKPOINT_FORMAT = "td3-job-checkpoint/1"
 
@@ -70,12 +72,17 @@ def run_job(
     split = experiment.split
     teacher_blob, distill_state = unpack_checkpoint(resume_from) if resume_from else (None, None)
 
+    # the teacher's runs are full-data SASRec runs at their seed and lr: not trained twice
+    reuse: Reusable = {}
     if teacher_blob is None:
-        teacher = _train_teacher(experiment, config, hooks, device)
+        teacher, reuse = _train_teacher(experiment, config, hooks)
         teacher_blob = teacher_state_to_bytes(teacher)
         hooks.save_checkpoint(pack_checkpoint(teacher_blob, None))
     else:
         teacher = teacher_state_from_bytes(teacher_blob, device=device)
+        # a teacher saved before its lr was recorded was trained at teacher.lr
+        lr = teacher.lr if teacher.lr is not None else config.teacher.lr
+        reuse[("full", "sasrec", config.teacher.seed, lr)] = (teacher.model, teacher.fit)
     timings["teacher_seconds"] = time.perf_counter() - clock
 
     distiller = experiment.distiller(distill_cfg, teacher)
@@ -99,10 +106,6 @@ def run_job(
     done = {"runs": 0}
     total_runs = len(config.learners) * len(config.evaluations) * len(seeds)
     tables: dict[str, dict[str, dict]] = {}
-    # the teacher is the full-data SASRec run at its own seed and lr: not trained twice
-    reuse: Reusable = {
-        ("full", "sasrec", config.teacher.seed, config.teacher.lr): (teacher.model, teacher.fit)
-    }
     for learner in config.learners:
 
         def on_run(name: str, seed: int, learner: str = learner) -> None:
@@ -150,42 +153,35 @@ def run_job(
 
 
 def _train_teacher(
-    experiment: Experiment, config: JobConfig, hooks: JobHooks, device: str
-) -> Teacher:
-    recipe = experiment.real_recipe_for(
-        experiment.split, seed=config.teacher.seed, lr=config.teacher.lr
-    )
+    experiment: Experiment, config: JobConfig, hooks: JobHooks
+) -> tuple[Teacher, Reusable]:
+    lrs = config.teacher_lrs
     started = time.perf_counter()
 
-    def on_step(step: int, _model) -> None:
-        if step % recipe.eval_every and step != recipe.max_steps:
-            return
-        rate = (time.perf_counter() - started) / step
-        hooks.on_progress(
-            Progress(
-                "teacher",
-                0,
-                step,
-                recipe.max_steps,
-                {},
-                rate * (recipe.max_steps - step),
-                "training the teacher on the real data",
-            )
+    def step_hook(recipe: TrainConfig) -> StepHook:
+        run = lrs.index(recipe.lr)
+        total = recipe.max_steps * len(lrs)  # an upper bound: runs may stop early
+        message = "training the teacher on the real data" + (
+            f" (lr {recipe.lr}, {run + 1} of {len(lrs)})" if len(lrs) > 1 else ""
         )
 
-    teacher = train_teacher(
-        experiment.split,
-        experiment.negatives_valid,
-        config.model,
-        recipe,
-        pool_epochs=(config.distill.pool_first_epoch, config.distill.pool_last_epoch),
-        device=device,
-        on_step=on_step,
-        should_stop=hooks.should_cancel,
+        def on_step(step: int, _model: nn.Module) -> None:
+            if step % recipe.eval_every and step != recipe.max_steps:
+                return
+            done = run * recipe.max_steps + step
+            rate = (time.perf_counter() - started) / done
+            hooks.on_progress(
+                Progress("teacher", 0, done, total, {}, rate * (total - done), message)
+            )
+
+        return on_step
+
+    teacher, reuse = experiment.train_teacher(
+        config, step_hook=step_hook, should_stop=hooks.should_cancel
     )
     if hooks.should_cancel():
         raise Cancelled("cancelled while training the teacher")
-    return teacher
+    return teacher, reuse
 
 
 def pack_checkpoint(teacher: bytes, distill_state: bytes | None) -> bytes:

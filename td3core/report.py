@@ -56,6 +56,8 @@ def build_report(
         "teacher": {
             "valid_mrr10": teacher.fit.best_metric,
             "steps": teacher.fit.steps,
+            "lr": teacher.lr,
+            "lr_search": teacher.lr_search,
             "pool_epochs": teacher.pool_epochs,
             "pool_note": teacher.pool_note,
         },

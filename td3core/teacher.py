@@ -33,6 +33,9 @@ class Teacher:
     pool_note: str = ""  # why the pool is not the requested epoch range, if it is not
     steps_per_epoch: int = 0
     model_config: ModelConfig = ModelConfig()  # the size the model was built with
+    lr: float | None = None  # the recipe's learning rate (None: not recorded)
+    # validation MRR@10 of every learning rate tried, when the teacher was searched
+    lr_search: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def item_embeddings(self) -> Tensor:
@@ -135,6 +138,7 @@ def train_teacher(
         pool_note=note,
         steps_per_epoch=per_epoch,
         model_config=model_cfg,
+        lr=train_cfg.lr,
     )
 
 
@@ -156,6 +160,8 @@ def teacher_state_to_bytes(teacher: Teacher) -> bytes:
         "pool_epochs": teacher.pool_epochs,
         "pool_note": teacher.pool_note,
         "steps_per_epoch": teacher.steps_per_epoch,
+        "lr": teacher.lr,
+        "lr_search": teacher.lr_search,
     }
     return st_save(tensors, metadata={"td3": json.dumps(meta)})
 
@@ -192,4 +198,6 @@ def teacher_state_from_bytes(blob: bytes, *, device: torch.device | str = "cpu")
         pool_note=meta["pool_note"],
         steps_per_epoch=meta["steps_per_epoch"],
         model_config=model_config,
+        lr=meta.get("lr"),  # absent from teachers saved before it was recorded
+        lr_search=meta.get("lr_search", {}),
     )

@@ -68,6 +68,7 @@ def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
         real_batch=96,
         synthetic_batch=4,
         rank=3,
+        fsa=True,  # the whole outer loss (off by default), so the engines' checks cover it
     )
     settings.update(overrides)
     split, _ = tiny_split()

@@ -64,6 +64,24 @@ def test_distill_writes_a_summary_and_prints_the_table(distilled, capsys):
     # untouched settings keep the library's defaults
     assert report["config"]["distill"]["rank"] == DistillConfig.model_fields["rank"].default
     assert report["config"]["learner"]["lr"] == 0.005
+    # the teacher: the best on validation of the full-data runs at the search's lrs
+    assert set(report["teacher"]["lr_search"]) == {"0.001", "0.005"}
+    assert report["config"]["distill"]["fsa"] is False
+
+
+def test_distill_teacher_lr_fixes_the_teacher(data, tmp_path):
+    report = tmp_path / "r.json"
+    flags = ["--teacher-lr", "0.003", "--eval", "summary", "--eval-seeds", "1"]
+    out = tmp_path / "s.safetensors"
+    assert (
+        main(["distill", str(data), *TINY, *flags, "--out", str(out), "--report", str(report)]) == 0
+    )
+    document = json.loads(report.read_text())
+    assert document["config"]["teacher_search"] is False
+    assert document["config"]["teacher"]["lr"] == 0.003
+    assert document["teacher"]["lr"] == 0.003 and list(document["teacher"]["lr_search"]) == [
+        "0.003"
+    ]
 
 
 def test_evaluate_reproduces_the_jobs_summary_row(data, distilled, capsys):
@@ -154,6 +172,8 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
     [
         ("--backend higher", {"backend": "higher", "item_chunk": 16384}),
         ("--item-chunk 8", {"backend": "func", "item_chunk": 8}),  # 40 items: chunked
+        ("--fsa", {"fsa": True}),
+        ("--no-fsa", {"fsa": False}),
     ],
 )
 def test_distill_engine_options_reach_the_job(data, tmp_path, flags, settings):
@@ -212,6 +232,10 @@ def test_argparse_rejects_bad_choices(data, capsys):
         main(["distill", str(data), *TINY, "--learners", "sasrec,caser", "--out", "x"])
     assert exit_info.value.code == 2
     assert "caser" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", str(data), *TINY, "--fsa", "--no-fsa", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument --fsa" in capsys.readouterr().err
 
 
 def test_console_script_subprocess(data, tmp_path):

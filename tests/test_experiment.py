@@ -79,3 +79,39 @@ def test_a_reused_run_is_not_trained_again(experiment: Experiment) -> None:
         alt=False, reuse={("full", "sasrec", 0, 0.001): (model, reused)},
     )  # fmt: skip
     assert runs["full"][0]["valid_mrr10"] == 99.0  # the reused record, not a new run
+
+
+def test_the_teacher_is_the_best_full_data_run_of_the_search(experiment: Experiment) -> None:
+    job = JobConfig.model_validate(
+        {
+            "distill": {"users": 4, "length": 8, "pool_first_epoch": 1, "pool_last_epoch": 2},
+            "search_lrs": [0.0001, 0.01],  # far apart: the larger lr learns in 20 steps
+        }
+    )
+    teacher, runs = experiment.train_teacher(job)
+    assert set(teacher.lr_search) == {"0.0001", "0.01"}
+    assert teacher.lr == 0.01
+    assert teacher.fit.best_metric == max(teacher.lr_search.values())
+    assert teacher.lr_search["0.01"] > teacher.lr_search["0.0001"]
+    # every run is the full-data row at its lr, so the row's search reuses them all ...
+    assert set(runs) == {("full", "sasrec", 0, 0.0001), ("full", "sasrec", 0, 0.01)}
+    assert runs[("full", "sasrec", 0, 0.01)][0] is teacher.model
+    # ... and is exactly that run: the same recipe, initialisation and batches
+    model, fit = experiment.train_real(experiment.split, seed=0, lr=0.0001)
+    reused_model, reused_fit = runs[("full", "sasrec", 0, 0.0001)]
+    assert (fit.best_metric, fit.best_step, fit.steps) == (
+        reused_fit.best_metric,
+        reused_fit.best_step,
+        reused_fit.steps,
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            model.state_dict().values(), reused_model.state_dict().values(), strict=True
+        )
+    )
+
+    fixed = job.model_copy(update={"teacher_search": False})
+    teacher, runs = experiment.train_teacher(fixed)
+    assert teacher.lr == job.teacher.lr and list(runs) == [("full", "sasrec", 0, job.teacher.lr)]
+    assert teacher.lr_search == {repr(job.teacher.lr): teacher.fit.best_metric}

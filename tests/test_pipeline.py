@@ -86,6 +86,17 @@ def test_job_produces_summary_and_report():
     assert len(report["distillation"]["curves"]) == 2
     assert {p.stage for p in hooks.progress} == {"teacher", "distill", "evaluate"}
     assert report["peak_memory_mb"] > 0
+    # the teacher is the best of the full-data runs at every lr of the search
+    teacher = report["teacher"]
+    assert set(teacher["lr_search"]) == {repr(lr) for lr in CONFIG.search_lrs}
+    assert teacher["valid_mrr10"] == max(teacher["lr_search"].values())
+    assert repr(teacher["lr"]) in teacher["lr_search"]
+    # ... reused by the full-data row, whose search reports the same validation scores
+    assert report["evaluation"]["full"]["valid_mrr10"] == teacher["valid_mrr10"]
+    messages = {p.message for p in hooks.progress if p.stage == "teacher"}
+    assert {m.split("(lr ")[1].split(",")[0] for m in messages} == {
+        str(lr) for lr in CONFIG.search_lrs
+    }
 
 
 def test_resumed_job_equals_uninterrupted_job():

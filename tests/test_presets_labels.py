@@ -32,16 +32,25 @@ def test_smoke_preset_under_explicit_fields():
     assert before == PRESETS  # not mutated by the merge
 
 
-def test_paper_preset_is_the_plain_defaults_and_unknown_presets_fail():
-    paper = JobConfig.from_preset("paper", {"distill": {"users": 5, "length": 8}})
-    assert paper == JobConfig(distill=DistillConfig(users=5, length=8))
+def test_default_and_paper_presets_and_unknown_presets_fail():
+    size = {"distill": {"users": 5, "length": 8}}
+    default = JobConfig.from_preset("default", size)
+    assert default == JobConfig(distill=DistillConfig(users=5, length=8))
+    assert not default.distill.fsa and default.teacher_lrs == default.search_lrs
+    # the paper's Algorithm 1 as published: FSA on, the teacher at the authors' lr alone
+    paper = JobConfig.from_preset("paper", size)
+    assert paper.distill.fsa and paper.teacher_lrs == [0.001]
     assert paper.distill.epochs == 30 and paper.distill.inner_steps == 200
+    assert paper.model_copy(update={"distill": default.distill, "teacher_search": True}) == default
     with pytest.raises(ValueError, match="unknown preset"):
         JobConfig.from_preset("fast", {})  # type: ignore[arg-type]
 
 
-def test_the_api_config_defaults_to_the_paper_and_validates_after_the_preset():
-    assert build_job_config({"users": 4, "length": 8}).distill.epochs == 30
+def test_the_api_config_defaults_to_the_default_preset_and_validates_after_the_preset():
+    assert build_job_config({"users": 4, "length": 8}) == JobConfig.from_preset(
+        "default", {"distill": {"users": 4, "length": 8}}
+    )
+    assert build_job_config({"users": 4, "length": 8, "preset": "paper"}).distill.fsa
     smoke = build_job_config({"users": 4, "length": 8, "preset": "smoke", "rank": 2})
     assert (smoke.distill.rank, smoke.distill.epochs, smoke.search_lrs) == (2, 1, [0.005])
     with pytest.raises(APIError) as exc:

@@ -108,6 +108,7 @@ def test_teacher_learns_and_keeps_its_pool(split, negatives):
     again = teacher_state_from_bytes(teacher_state_to_bytes(teacher))
     assert torch.allclose(again.features(split.valid), feats)
     assert again.pool_epochs == teacher.pool_epochs and again.fit == teacher.fit
+    assert again.lr == teacher.lr == 0.01 and again.lr_search == {}
     assert all(
         torch.equal(again.pool[i][k], v) for i in range(4) for k, v in teacher.pool[i].items()
     )
