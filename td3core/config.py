@@ -139,11 +139,13 @@ class DistillConfig(_Settings):
         "with a fresh inner Adam (authors' code)",
     )
     fresh_learners: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         le=1.0,
         description="probability that an outer step's learner starts from a fresh "
-        "initialisation instead of a pool checkpoint (0: the paper)",
+        "initialisation, as a user's learner does, instead of a pool checkpoint (0: the "
+        "paper; 1 by default: better for every learner of the zoo on validation, "
+        "docs/METHOD.md §1)",
     )
     pool_first_epoch: int = Field(5, ge=1, le=1000)
     pool_last_epoch: int = Field(30, ge=1, le=1000)
@@ -267,13 +269,14 @@ class JobConfig(_Settings):
 PresetName = Literal["default", "paper", "smoke"]
 # Named starting points for a job (JobConfig's nested shape, without users and length).
 # "default": every default (30 epochs x 200 inner steps: hours on a CPU for ML-100k).
-# "paper": the paper's Algorithm 1 as published: the defaults plus FSA in the outer loss
-# and a teacher trained at the authors' lr alone (no validation search). "smoke": a
+# "paper": the paper's Algorithm 1 as published: the defaults plus FSA in the outer loss,
+# inner learners from the teacher's checkpoint pool and a teacher trained at the authors'
+# lr alone (no validation search). "smoke": a
 # pipeline check that finishes in well under a minute on a CPU on small data; its
 # numbers mean nothing.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": {"distill": {"fsa": True}, "teacher_search": False},
+    "paper": {"distill": {"fsa": True, "fresh_learners": 0.0}, "teacher_search": False},
     "smoke": {
         "distill": {
             "epochs": 1,

@@ -68,7 +68,10 @@ def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
         real_batch=96,
         synthetic_batch=4,
         rank=3,
-        fsa=True,  # the whole outer loss (off by default), so the engines' checks cover it
+        # The paper's Algorithm 1 (FSA and pool learners are off by default), so the
+        # engines' checks cover the whole outer loss and the pool draws.
+        fsa=True,
+        fresh_learners=0.0,
     )
     settings.update(overrides)
     split, _ = tiny_split()
