@@ -152,8 +152,7 @@ class Experiment:
         (teacher, _), chosen = searched(train, job.teacher_lrs)
         teacher.lr_search = chosen["search"]
         reuse: Reusable = {
-            ("full", "sasrec", job.teacher.seed, lr): (run.model, run.fit)
-            for lr, run in runs.items()
+            full_run_key(job.teacher.seed, lr): (run.model, run.fit) for lr, run in runs.items()
         }
         return teacher, reuse
 
@@ -184,6 +183,11 @@ RunHook = Callable[[str, int], None]
 # (data source, learner, seed, lr): the teacher is exactly the full-data SASRec run at
 # its own seed and lr.
 Reusable = dict[tuple[str, str, int, float], Trained]
+
+
+def full_run_key(seed: int, lr: float, learner: str = "sasrec") -> tuple[str, str, int, float]:
+    """The `Reusable` key of the full-data run of `learner` at `seed` and `lr`."""
+    return ("full", learner, seed, lr)
 
 
 def summary_row(objective: Objective, *, paper_compatible: bool = False) -> str:
@@ -274,7 +278,7 @@ def evaluation_rows(
             elif name == "full":
 
                 def train_full(lr: float, seed: int = seed) -> Trained:
-                    return reuse.get(("full", learner, seed, lr)) or experiment.train_real(
+                    return reuse.get(full_run_key(seed, lr, learner)) or experiment.train_real(
                         experiment.split, seed=seed, lr=lr, learner=learner
                     )
 

@@ -20,7 +20,13 @@ from td3core.config import JobConfig, TrainConfig
 from td3core.data.types import SequenceDataset
 from td3core.distill import DistillProgress
 from td3core.errors import Cancelled, DataError
-from td3core.experiment import Experiment, Reusable, evaluation_rows, evaluation_table
+from td3core.experiment import (
+    Experiment,
+    Reusable,
+    evaluation_rows,
+    evaluation_table,
+    full_run_key,
+)
 from td3core.report import build_report
 from td3core.serialization import read_metadata
 from td3core.summary import summary_to_bytes
@@ -82,7 +88,7 @@ def run_job(
         teacher = teacher_state_from_bytes(teacher_blob, device=device)
         # a teacher saved before its lr was recorded was trained at teacher.lr
         lr = teacher.lr if teacher.lr is not None else config.teacher.lr
-        reuse[("full", "sasrec", config.teacher.seed, lr)] = (teacher.model, teacher.fit)
+        reuse[full_run_key(config.teacher.seed, lr)] = (teacher.model, teacher.fit)
     timings["teacher_seconds"] = time.perf_counter() - clock
 
     distiller = experiment.distiller(distill_cfg, teacher)

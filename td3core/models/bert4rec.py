@@ -33,7 +33,7 @@ from td3core.models.layers import (
     gather_last,
     valid_positions,
 )
-from td3core.models.sasrec import MASK_VALUE, Block, SASRec
+from td3core.models.sasrec import Block, SASRec, additive_mask
 
 
 def cloze_mask(
@@ -107,7 +107,7 @@ class BERT4Rec(SequentialRecommender):
         x = self.dropout(self.norm(emb + self.position_embedding(positions)))
         valid = valid_positions(batch, length, emb.device, items, lengths)
         # Keys only: every query row keeps its valid keys, so no row is all-masked.
-        mask = torch.where(valid[:, None, None, :], 0.0, MASK_VALUE).to(x.dtype)  # [B, 1, 1, L]
+        mask = additive_mask(valid[:, None, None, :], x.dtype)  # [B, 1, 1, L]
         for block in self.blocks:
             x = block(x, mask)
         return self.output_norm(F.gelu(self.output_ffn(x)))

@@ -23,13 +23,18 @@ from td3core.models.layers import SequentialRecommender, gather_last
 MASK_VALUE = -10000.0
 
 
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Boolean "may attend" -> the additive mask attention adds to its scores (0 or MASK_VALUE)."""
+    return torch.where(allowed, 0.0, MASK_VALUE).to(dtype)
+
+
 @functools.lru_cache(maxsize=32)
 def _causal_mask(length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Additive causal mask [1, 1, L, L] (0 or MASK_VALUE). Cached: the inner loop of
     the distillation asks for the same one thousands of times."""
     with torch.inference_mode(False):  # a normal tensor even if first asked for in one
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        return torch.where(causal, 0.0, MASK_VALUE).to(dtype)[None, None]
+        return additive_mask(causal, dtype)[None, None]
 
 
 class SelfAttention(nn.Module):
@@ -202,7 +207,7 @@ class SASRec(SequentialRecommender):
             valid = items != 0
         causal = torch.ones(L, L, dtype=torch.bool, device=emb.device).tril()  # [L, L]
         allowed = causal & valid[:, None, None, :]  # [B, 1, L, L], query x key
-        return x, torch.where(allowed, 0.0, MASK_VALUE).to(x.dtype)
+        return x, additive_mask(allowed, x.dtype)
 
     def _positional(self, emb: Tensor) -> Tensor:
         """Item vectors [B, L, H] -> the first block's input (positions, norm, dropout)."""
@@ -237,5 +242,5 @@ class SASRec(SequentialRecommender):
         query = x[rows, index].unsqueeze(1)  # [B, 1, H]
         # The query at position lengths-1 may see keys < lengths (causal and valid at once).
         keys = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(-1)  # [B, L]
-        mask = torch.where(keys, 0.0, MASK_VALUE).to(x.dtype)[:, None, None]  # [B, 1, 1, L]
+        mask = additive_mask(keys, x.dtype)[:, None, None]  # [B, 1, 1, L]
         return last(x, mask, query).squeeze(1)
