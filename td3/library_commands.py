@@ -132,6 +132,11 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         type=int,
         help=_doc("select_steps", "learner steps to pick the best epoch"),
     )
+    p.add_argument(
+        "--inner-objective",
+        choices=OBJECTIVES,
+        help=_doc("inner_objective", "the inner learner's loss on the summary"),
+    )
     p.add_argument("--no-alt", action="store_true", help="no augmented learner training")
     fsa = p.add_mutually_exclusive_group()
     fsa.add_argument(
@@ -196,6 +201,7 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             outer_lr=args.outer_lr,
             select_steps=args.select_steps,
             learner_draw=args.learner_draw,
+            inner_objective=args.inner_objective,
             fresh_learners=args.fresh_learners,
             backend=args.backend,
             item_chunk=args.item_chunk,

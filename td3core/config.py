@@ -124,7 +124,13 @@ class DistillConfig(_Settings):
     grad_clip: float = Field(1.0, gt=0.0, le=1e6)
     synthetic_batch: int = Field(20, ge=1, le=10_000)
     real_batch: int = Field(1024, ge=1, le=65536)
-    alt: bool = Field(True, description="augmented learner training (inner loss)")
+    inner_objective: Objective = Field(
+        "inner",
+        description="the inner learner's loss on the summary: 'inner', the paper's (the "
+        "last position, with ALT if `alt`); 'kl-all', KL at every position (every cell is "
+        "a target, as for a learner trained like a language model)",
+    )
+    alt: bool = Field(True, description="augmented learner training (the 'inner' objective)")
     fsa: bool = Field(
         False,
         description="feature space alignment (the paper's outer loss term; off by default: "

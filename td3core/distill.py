@@ -46,6 +46,7 @@ from td3core.inner import (
     alt_positions,
     inner_learner,
     inner_loss,
+    kl_all_loss,
     summary_loss,
 )
 from td3core.item_chunks import soft_cross_entropy
@@ -137,6 +138,7 @@ class Distiller:
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
         self.model_config = model_config
         self._chunked = split.n_items > config.item_chunk
+        self._everywhere = config.inner_objective == "kl-all"  # every cell a target
         # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
         self.learner = BoundLearner(self._new_model())
         self.param_names = list(self.learner.layout.names)
@@ -352,7 +354,7 @@ class Distiller:
         """The ALT target positions of `steps` inner steps, drawn up front (the same
         draws, in the same order, as one per step) and moved to the device at once,
         so the loop itself never waits for a copy."""
-        if not self.config.alt:
+        if not self.config.alt or self._everywhere:
             return [None] * steps
         sizes = [len(self.synthetic_batches[t % len(self.synthetic_batches)]) for t in range(steps)]
         drawn = [alt_positions(size, self.config.length, gen) for size in sizes]
@@ -378,7 +380,10 @@ class Distiller:
         positions = self._alt_positions(self.config.window, gen)
         for t in range(self.config.window):
             loss = inner_loss(
-                self.learner(layout.views(theta)), batches[t % len(batches)], positions[t]
+                self.learner(layout.views(theta)),
+                batches[t % len(batches)],
+                positions[t],
+                everywhere=self._everywhere,
             )
             (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
             step += 1
@@ -424,7 +429,8 @@ class Distiller:
         positions = self._alt_positions(count, gen)
         for t in range(count):
             theta.grad.zero_()
-            inner_loss(model, batches[t % len(batches)], positions[t]).backward()
+            batch = batches[t % len(batches)]
+            inner_loss(model, batch, positions[t], everywhere=self._everywhere).backward()
             optimizer.step()
         theta.grad = None
 
@@ -473,6 +479,8 @@ class Distiller:
         )
 
         def loss(m: SASRec, probs: Tensor) -> Tensor:  # draws ALT positions step by step
+            if self._everywhere:
+                return kl_all_loss(m, probs)
             return summary_loss(m, probs, alt=cfg.alt, generator=gen)
 
         with torch.no_grad():

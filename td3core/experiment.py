@@ -158,7 +158,8 @@ class Experiment:
 
     def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
         """A Distiller that keeps the summary whose fresh learner (the summary recipe
-        capped at `select_steps`) scores best on validation."""
+        capped at `select_steps`, trained with the distillation's inner objective)
+        scores best on validation."""
         recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
 
         def select(summary: Summary) -> float:
@@ -170,6 +171,7 @@ class Experiment:
                 recipe,
                 alt=distill.alt,
                 device=self.device,
+                objective=distill.inner_objective,
             )
             return fit.best_metric
 

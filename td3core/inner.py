@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from td3core.item_chunks import soft_cross_entropy, softmax_mix
+from td3core.models import Recommender
 from td3core.models.sasrec import SASRec
 from td3core.optim import Layout, Params
 
@@ -43,6 +44,16 @@ def summary_loss(
     return inner_loss(model, SoftSequences.of(probs), positions) - entropy
 
 
+def kl_all_loss(model: Recommender, probs: torch.Tensor) -> torch.Tensor:
+    """Predict S[:, t+1] from position t for every t (causal language-model style):
+    KL(S[:, t+1] || softmax(logits)) over real items, averaged over all B x (zeta-1)
+    positions. probs: [B, zeta, n_items+1]."""
+    logits = model.logits(model.sequence_features(probs=probs[:, :-1]))  # [B, zeta-1, n+1]
+    targets = probs[:, 1:, 1:].flatten(0, 1)  # [B*(zeta-1), n]
+    log_probs = F.log_softmax(logits[..., 1:].flatten(0, 1), dim=-1)
+    return F.kl_div(log_probs, targets, reduction="batchmean")
+
+
 @dataclass(frozen=True)
 class SoftSequences:
     """A batch of soft sequences S, prepared once for many inner steps."""
@@ -61,6 +72,12 @@ class SoftSequences:
         # Mean over B (or 2B) rows = batch-mean of each term, averaged over the terms.
         return F.cross_entropy(logits[:, 1:], _pick(self.probs, positions)[:, 1:])
 
+    def cross_entropy_everywhere(self, model: SASRec) -> torch.Tensor:
+        """Cross-entropy against S[:, t+1] from position t, averaged over every position."""
+        logits = model.logits(model.sequence_features(probs=self.inputs))  # [B, zeta-1, n+1]
+        targets = self.probs[:, 1:, 1:].flatten(0, 1)  # [B*(zeta-1), n]
+        return F.cross_entropy(logits[..., 1:].flatten(0, 1), targets)
+
 
 @dataclass(frozen=True)
 class ChunkedSoftSequences:
@@ -74,20 +91,35 @@ class ChunkedSoftSequences:
     chunk: int  # items per chunk
 
     def cross_entropy(self, model: SASRec, positions: torch.Tensor | None) -> torch.Tensor:
-        batch, length, k = self.scores.shape
-        table = model.item_embedding.weight[1:]  # [n, H]; S gives padding no mass
-        # S @ E at every position: the learner's inputs and the targets' side of the CE.
-        mixed, _ = softmax_mix(self.scores.reshape(-1, k), self.items, table, self.chunk)
-        mixed = mixed.view(batch, length, -1)  # [B, zeta, H]
+        mixed = self._mixed(model)  # [B, zeta, H]
+        table = model.item_embedding.weight[1:]
         features = model.sequence_features(embedded=mixed[:, :-1])  # [B, zeta-1, H]
         hidden = _pick(features, None if positions is None else positions - 1)  # [B or 2B, H]
         return soft_cross_entropy(hidden, table, _pick(mixed, positions), self.chunk)
+
+    def _mixed(self, model: SASRec) -> torch.Tensor:
+        """S @ E at every position [B, zeta, H]: the learner's inputs and the targets'
+        side of the cross-entropy (S gives padding no mass, so E's row 0 is left out)."""
+        batch, length, k = self.scores.shape
+        table = model.item_embedding.weight[1:]  # [n, H]
+        mixed, _ = softmax_mix(self.scores.reshape(-1, k), self.items, table, self.chunk)
+        return mixed.view(batch, length, -1)
+
+    def cross_entropy_everywhere(self, model: SASRec) -> torch.Tensor:
+        """`SoftSequences.cross_entropy_everywhere` of the same S, an item chunk at a time."""
+        mixed = self._mixed(model)  # [B, zeta, H]
+        features = model.sequence_features(embedded=mixed[:, :-1])  # [B, zeta-1, H]
+        table = model.item_embedding.weight[1:]
+        targets = mixed[:, 1:].flatten(0, 1)  # [B*(zeta-1), H]: S @ E of the targets
+        return soft_cross_entropy(features.flatten(0, 1), table, targets, self.chunk)
 
 
 def inner_loss(
     model: SASRec,
     batch: SoftSequences | ChunkedSoftSequences,
     positions: torch.Tensor | None = None,
+    *,
+    everywhere: bool = False,
 ) -> torch.Tensor:
     """`summary_loss` plus the targets' entropy (cross-entropy against the soft
     targets): the entropy does not depend on the learner, so both have the same
@@ -98,7 +130,11 @@ def inner_loss(
     The learner's attention is causal, so its output at p-1 never sees positions
     >= p: masking them (as the paper describes) is already implied and one forward
     pass serves both terms; one logits product and one softmax serve both too.
+
+    everywhere: `kl_all_loss` plus the targets' entropy instead (positions unused).
     """
+    if everywhere:
+        return batch.cross_entropy_everywhere(model)
     return batch.cross_entropy(model, positions)
 
 

@@ -6,11 +6,12 @@ evaluation, which starts the learner from the item table learned on the full dat
 (a leak, labelled as such by the callers that use it).
 
 Two objectives read the soft sequences S [B, zeta, n_items+1]:
-  "inner"  - the distillation's own inner loss (td3core.inner.summary_loss): predict
+  "inner"  - the paper's inner loss (td3core.inner.summary_loss): predict
              S[:, -1] from the positions before it, averaged with ALT (one random
              position p >= 5 predicted from the positions before it);
   "kl-all" - predict S[:, t+1] from position t at every t (causal language-model
-             style), KL averaged over all positions.
+             style), KL averaged over all positions (td3core.inner.kl_all_loss).
+The distillation's inner learner trains with one of them (DistillConfig.inner_objective).
 Both need a causal learner (position t must not see t+1). BERT4Rec is bidirectional,
 so it gets the cloze analogue of each, predicting [mask]ed positions instead:
   "inner"  - S[:, -1] (and, with ALT, S[:, p]) predicted at a [mask] appended after
@@ -39,8 +40,8 @@ from td3core.config import (
 )
 from td3core.data.samples import Split
 from td3core.errors import ConfigError
-from td3core.inner import summary_loss
-from td3core.models import BERT4Rec, Learner, Recommender, build_model, recommender
+from td3core.inner import kl_all_loss, summary_loss
+from td3core.models import BERT4Rec, Learner, build_model, recommender
 from td3core.models.bert4rec import cloze_mask
 from td3core.models.sasrec import SASRec
 from td3core.summary import Summary
@@ -50,12 +51,6 @@ from td3core.training import FitResult, epoch_batches, fit, validation_mrr10
 def soft_kl(logits: Tensor, target: Tensor) -> Tensor:
     """Batch-mean KL(target || softmax(logits)) over real items; [N, n+1] each."""
     return F.kl_div(F.log_softmax(logits[:, 1:], dim=-1), target[:, 1:], reduction="batchmean")
-
-
-def kl_all_loss(model: Recommender, probs: Tensor) -> Tensor:
-    """Predict S[:, t+1] from position t for every t; probs: [B, zeta, n+1]."""
-    logits = model.logits(model.sequence_features(probs=probs[:, :-1]))  # [B, zeta-1, n+1]
-    return soft_kl(logits.flatten(0, 1), probs[:, 1:].flatten(0, 1))
 
 
 def cloze_inner_loss(

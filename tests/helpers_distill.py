@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -15,7 +16,7 @@ from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data import PreprocessConfig, build_dataset, generate_interactions, leave_one_out
 from td3core.distill import Distiller, seed_for
 from td3core.evaluation import sample_negatives
-from td3core.inner import inner_learner, summary_loss
+from td3core.inner import inner_learner, kl_all_loss, summary_loss
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_step
 from td3core.teacher import Teacher, train_teacher
@@ -121,7 +122,11 @@ def reference_meta_loss(d: Distiller) -> Reference:
             if not differentiable:
                 params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
             probs = batches[t % len(batches)]
-            loss = run(params, lambda m, p=probs: summary_loss(m, p, alt=cfg.alt, generator=gen))
+            if cfg.inner_objective == "kl-all":
+                objective = functools.partial(kl_all_loss, probs=probs)
+            else:
+                objective = functools.partial(summary_loss, probs=probs, alt=cfg.alt, generator=gen)
+            loss = run(params, objective)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
             with torch.set_grad_enabled(differentiable):
                 params, adam = adam_step(

@@ -174,6 +174,7 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
         ("--item-chunk 8", {"backend": "func", "item_chunk": 8}),  # 40 items: chunked
         ("--fsa", {"fsa": True}),
         ("--no-fsa", {"fsa": False}),
+        ("--inner-objective kl-all", {"inner_objective": "kl-all"}),
     ],
 )
 def test_distill_engine_options_reach_the_job(data, tmp_path, flags, settings):

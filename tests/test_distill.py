@@ -28,12 +28,13 @@ def _meta_gradients(**overrides) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("inner_steps", [3, 7])  # 3 = window only; 7 = plain steps first
-def test_fast_meta_gradient_equals_higher(inner_steps):
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_fast_meta_gradient_equals_higher(inner_steps, objective):
     # higher adds Adam's eps before the bias correction, torch.optim.Adam after it;
     # a negligible eps makes the two updates the same function. Without dropout:
     # the two engines draw their dropout masks differently.
     with default_dtype(torch.float64):
-        settings = dict(inner_steps=inner_steps, inner_eps=1e-30)
+        settings = dict(inner_steps=inner_steps, inner_eps=1e-30, inner_objective=objective)
         ours = _meta_gradients(backend="func", **settings)
         theirs = _meta_gradients(backend="higher", **settings)
     for name in ours:

@@ -115,3 +115,37 @@ def test_the_teacher_is_the_best_full_data_run_of_the_search(experiment: Experim
     teacher, runs = experiment.train_teacher(fixed)
     assert teacher.lr == job.teacher.lr and list(runs) == [("full", "sasrec", 0, job.teacher.lr)]
     assert teacher.lr_search == {repr(job.teacher.lr): teacher.fit.best_metric}
+
+
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_the_summary_is_selected_by_a_learner_trained_with_the_inner_objective(
+    experiment: Experiment, objective: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import td3core.experiment as module
+
+    job = JobConfig.model_validate(
+        {
+            "distill": {
+                "users": 4,
+                "length": 8,
+                "pool_first_epoch": 1,
+                "pool_last_epoch": 2,
+                "inner_objective": objective,
+                "select_steps": 10,
+            },
+            "teacher_search": False,
+        }
+    )
+    teacher, _ = experiment.train_teacher(job)
+    seen: list[dict] = []
+    original = module.train_on_summary
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_on_summary", recording)
+    distiller = experiment.distiller(job.distill, teacher)
+    metric = distiller.select(distiller.summary)
+    assert [call["objective"] for call in seen] == [objective]
+    assert 0.0 <= metric <= 100.0

@@ -22,6 +22,7 @@ from td3core.inner import (
     UniformDropout,
     inner_learner,
     inner_loss,
+    kl_all_loss,
     summary_loss,
 )
 from td3core.models.sasrec import SASRec
@@ -43,10 +44,18 @@ def _grads(loss: torch.Tensor, d) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("model", [NO_DROPOUT, WITH_DROPOUT], ids=["no-dropout", "dropout"])
 @pytest.mark.parametrize("learner_draw", ["step", "epoch"])
 @pytest.mark.parametrize("inner_steps", [3, 9])  # 3 = window only; 9 = plain steps first
-def test_meta_gradient_equals_the_straightforward_engine(model, learner_draw, inner_steps):
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_meta_gradient_equals_the_straightforward_engine(
+    model, learner_draw, inner_steps, objective
+):
     with default_dtype(torch.float64):
         d = distiller(
-            model, inner_steps=inner_steps, learner_draw=learner_draw, epochs=1, real_batch=64
+            model,
+            inner_steps=inner_steps,
+            learner_draw=learner_draw,
+            epochs=1,
+            real_batch=64,
+            inner_objective=objective,
         )
         for _ in range(2):  # the second step of "epoch" continues the carried learner
             fast = d.meta_loss()
@@ -106,6 +115,36 @@ def test_cross_entropy_inner_loss_has_the_kl_gradient():
         + kl_term(features[rows, drawn - 1], probs[rows, drawn])
     ) / 2
     torch.testing.assert_close(kl, expected)
+
+
+def test_every_position_loss_is_the_kl_at_every_position_and_has_its_gradient():
+    torch.manual_seed(0)
+    model = SASRec(30, 8, hidden=8, inner=16, attn_dropout=0.0, hidden_dropout=0.0)
+    probs = torch.nn.functional.pad(torch.softmax(torch.randn(4, 8, 30), -1), (1, 0))
+    kl = kl_all_loss(model, probs)
+    features = model.sequence_features(probs=probs[:, :-1])  # [4, 7, 8]
+    terms = [
+        torch.nn.functional.kl_div(
+            torch.log_softmax(model.logits(features[:, t])[:, 1:], -1),
+            probs[:, t + 1, 1:],
+            reduction="batchmean",
+        )
+        for t in range(7)
+    ]
+    torch.testing.assert_close(kl, torch.stack(terms).mean())
+    ce = inner_loss(model, SoftSequences.of(probs), everywhere=True)
+    targets = probs[:, 1:, 1:]
+    entropy = -torch.special.xlogy(targets, targets).sum() / (4 * 7)
+    torch.testing.assert_close(ce - entropy, kl)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(kl, params), torch.autograd.grad(ce, params), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_every_position_objective_draws_no_alt_positions():
+    d = distiller(inner_objective="kl-all")
+    assert d._alt_positions(5, torch.Generator().manual_seed(0)) == [None] * 5
+    assert all(p is not None for p in distiller()._alt_positions(5, torch.Generator()))
 
 
 def test_bound_learner_is_functional_call():

@@ -52,11 +52,13 @@ def test_chunk_must_be_positive():
     ids=["no-dropout", "dropout", "farzi"],
 )
 @pytest.mark.parametrize("inner_steps", [3, 9])
-def test_chunked_meta_gradient_equals_the_dense_one(model, method, inner_steps):
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_chunked_meta_gradient_equals_the_dense_one(model, method, inner_steps, objective):
     # The tiny catalogue has 30 items: a chunk of 7 takes the chunked path.
+    settings = dict(inner_steps=inner_steps, method=method, inner_objective=objective)
     with default_dtype(torch.float64):
-        dense = distiller(model, inner_steps=inner_steps, method=method)
-        chunked = distiller(model, inner_steps=inner_steps, method=method, item_chunk=7)
+        dense = distiller(model, **settings)
+        chunked = distiller(model, **settings, item_chunk=7)
         assert chunked._chunked and not dense._chunked
         for _ in range(2):
             a, b = dense.meta_loss(), chunked.meta_loss()
