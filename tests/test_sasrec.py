@@ -5,6 +5,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from td3core.config import ModelConfig
 from td3core.models import SASRec
+from td3core.models.sasrec import SelfAttention, additive_mask
 
 N_ITEMS, MAX_LEN = 50, 8
 
@@ -112,6 +113,34 @@ def test_functional_call_double_backward():
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in meta)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_few_query_attention_is_attention_with_the_same_dropout(heads):
+    torch.manual_seed(0)
+    attention = SelfAttention(8, heads, attn_dropout=0.5, hidden_dropout=0.0, eps=1e-12)
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x, query = torch.randn(3, 6, 8), torch.randn(3, 2, 8)
+    mask = additive_mask(torch.rand(3, 1, 2, 6) > 0.3, x.dtype)
+
+    def reference() -> torch.Tensor:  # every key and value projected, as in forward
+        d = 8 // heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+
+        q, k, v = split(attention.query(query)), split(attention.key(x)), split(attention.value(x))
+        scores = q @ k.transpose(-1, -2) / d**0.5 + mask
+        attn = attention.attn_dropout(torch.softmax(scores, -1))  # weights need not sum to 1
+        context = (attn @ v).transpose(1, 2).reshape(query.shape)
+        return attention.norm(attention.out_dropout(attention.dense(context)) + query)
+
+    torch.manual_seed(1)
+    expected = reference()
+    torch.manual_seed(1)
+    torch.testing.assert_close(attention(x, mask, query), expected)
+
+
 def test_vmap_over_stacked_learners():
     learners = [model() for _ in range(3)]
     params, _ = stack_module_state(learners)
@@ -127,15 +156,20 @@ def test_vmap_over_stacked_learners():
 @pytest.mark.parametrize("layers, heads", [(1, 1), (2, 2)])
 def test_last_only_is_the_full_pass_at_the_last_position(layers, heads):
     m = model(hidden=16, heads=heads, layers=layers, attn_dropout=0.0, hidden_dropout=0.0)
+    with torch.no_grad():  # biases start at 0: make every term of the attention count
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     items, lengths = batch()
     full = m.last_features(items, lengths)
     fast = m.last_features(items, lengths, last_only=True)
     torch.testing.assert_close(fast, full)
     weights = torch.randn_like(full)
     params = list(m.parameters())
+    # The key bias shifts every score of a query alike, so softmax cancels it: its
+    # gradient is 0, and the last-query pass leaves it out of the graph altogether.
     for a, b in zip(
         torch.autograd.grad((full * weights).sum(), params),
-        torch.autograd.grad((fast * weights).sum(), params),
+        torch.autograd.grad((fast * weights).sum(), params, materialize_grads=True),
         strict=True,
     ):
         torch.testing.assert_close(a, b)

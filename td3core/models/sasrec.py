@@ -57,7 +57,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, query: Tensor | None = None) -> Tensor:
         """x: [B, L, H] (keys and values); query: [B, Q, H] rows to compute (default:
         x itself, Q = L); mask: [B or 1, 1, Q, L] additive (0 or MASK_VALUE). -> [B, Q, H]"""
-        query = x if query is None else query
+        if query is not None:
+            return self._few_queries(x, mask, query)
+        query = x
         d = x.shape[-1] // self.heads
 
         def split(t: Tensor) -> Tensor:  # [B, n, H] -> [B, heads, n, d]
@@ -67,6 +69,29 @@ class SelfAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(d) + mask  # [B, heads, Q, L]
         attn = self.attn_dropout(torch.softmax(scores, dim=-1))
         context = (attn @ v).transpose(1, 2).reshape(query.shape)  # [B, Q, H]
+        return self.norm(self.out_dropout(self.dense(context)) + query)
+
+    def _few_queries(self, x: Tensor, mask: Tensor, query: Tensor) -> Tensor:
+        """`forward` for Q query rows without projecting all L keys and values (the
+        outer loss asks one row of thousands of sequences): per head,
+        q . (W_k x_j + b_k) = (W_k^T q) . x_j + q . b_k, whose last term is the same for
+        every key and cancels in the softmax, and sum_j a_j (W_v x_j + b_v) =
+        W_v (sum_j a_j x_j) + (sum_j a_j) b_v (the weights a_j need not sum to 1 after
+        attention dropout). The same function and dropout draws, to rounding."""
+        batch, rows, hidden = query.shape
+        d = hidden // self.heads
+        q = self.query(query).view(batch, rows, self.heads, d)
+        w_key = self.key.weight.view(self.heads, d, hidden)  # head h's rows of W_k
+        q_key = torch.einsum("bqhd,hdc->bhqc", q, w_key)  # [B, heads, Q, H]
+        keys = x.unsqueeze(1)  # [B, 1, L, H]: every head reads x itself
+        scores = q_key @ keys.transpose(-1, -2) / math.sqrt(d) + mask  # [B, heads, Q, L]
+        attn = self.attn_dropout(torch.softmax(scores, dim=-1))
+        mixed = attn @ keys  # [B, heads, Q, H]
+        w_value = self.value.weight.view(self.heads, d, hidden)
+        weight = attn.sum(-1).transpose(1, 2).unsqueeze(-1)  # [B, Q, heads, 1]
+        context = torch.einsum("bhqc,hdc->bqhd", mixed, w_value)  # [B, Q, heads, d]
+        context = context + weight * self.value.bias.view(self.heads, d)
+        context = context.reshape(batch, rows, hidden)
         return self.norm(self.out_dropout(self.dense(context)) + query)
 
 
