@@ -44,14 +44,16 @@ def summary_loss(
     return inner_loss(model, SoftSequences.of(probs), positions) - entropy
 
 
+def soft_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Batch-mean KL(target || softmax(logits)) over real items; [N, n+1] each."""
+    return F.kl_div(F.log_softmax(logits[:, 1:], dim=-1), target[:, 1:], reduction="batchmean")
+
+
 def kl_all_loss(model: Recommender, probs: torch.Tensor) -> torch.Tensor:
     """Predict S[:, t+1] from position t for every t (causal language-model style):
-    KL(S[:, t+1] || softmax(logits)) over real items, averaged over all B x (zeta-1)
-    positions. probs: [B, zeta, n_items+1]."""
+    KL averaged over all B x (zeta-1) positions. probs: [B, zeta, n_items+1]."""
     logits = model.logits(model.sequence_features(probs=probs[:, :-1]))  # [B, zeta-1, n+1]
-    targets = probs[:, 1:, 1:].flatten(0, 1)  # [B*(zeta-1), n]
-    log_probs = F.log_softmax(logits[..., 1:].flatten(0, 1), dim=-1)
-    return F.kl_div(log_probs, targets, reduction="batchmean")
+    return soft_kl(logits.flatten(0, 1), probs[:, 1:].flatten(0, 1))
 
 
 @dataclass(frozen=True)

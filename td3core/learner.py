@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from td3core.config import (
@@ -40,17 +39,12 @@ from td3core.config import (
 )
 from td3core.data.samples import Split
 from td3core.errors import ConfigError
-from td3core.inner import kl_all_loss, summary_loss
+from td3core.inner import kl_all_loss, soft_kl, summary_loss
 from td3core.models import BERT4Rec, Learner, build_model, recommender
 from td3core.models.bert4rec import cloze_mask
 from td3core.models.sasrec import SASRec
 from td3core.summary import Summary
 from td3core.training import FitResult, epoch_batches, fit, validation_mrr10
-
-
-def soft_kl(logits: Tensor, target: Tensor) -> Tensor:
-    """Batch-mean KL(target || softmax(logits)) over real items; [N, n+1] each."""
-    return F.kl_div(F.log_softmax(logits[:, 1:], dim=-1), target[:, 1:], reduction="batchmean")
 
 
 def cloze_inner_loss(

@@ -88,9 +88,9 @@ class SelfAttention(nn.Module):
         attn = self.attn_dropout(torch.softmax(scores, dim=-1))
         mixed = attn @ keys  # [B, heads, Q, H]
         w_value = self.value.weight.view(self.heads, d, hidden)
-        weight = attn.sum(-1).transpose(1, 2).unsqueeze(-1)  # [B, Q, heads, 1]
+        mass = attn.sum(-1).transpose(1, 2).unsqueeze(-1)  # [B, Q, heads, 1]: sum_j a_j
         context = torch.einsum("bhqc,hdc->bqhd", mixed, w_value)  # [B, Q, heads, d]
-        context = context + weight * self.value.bias.view(self.heads, d)
+        context = context + mass * self.value.bias.view(self.heads, d)
         context = context.reshape(batch, rows, hidden)
         return self.norm(self.out_dropout(self.dense(context)) + query)
 
