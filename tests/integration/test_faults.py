@@ -320,6 +320,9 @@ def test_sigkill_of_the_worker_main_process(stack, reference):
 def test_sigkill_of_td3_serve(stack, reference):
     def kill_serve(job: Job) -> None:
         workers = stack.served.workers()
+        # Frozen first, so the tiny job cannot finish in the moment its worker takes to
+        # notice that serve is gone (a stopped process still dies of SIGKILL).
+        os.kill(job.worker_pid, signal.SIGSTOP)
         os.kill(stack.served.pid, signal.SIGKILL)
         stack.served.proc.wait(10)
         wait_for(lambda: not any(alive(p) for p in workers), 20, "its worker to stop")
