@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from helpers_models import make_split, random_sequences
 
-from td3core.baselines import sample_sequences, sampled_split, training_sequences
+from td3core.baselines import sampled_split
 from td3core.config import SAMPLERS
+from td3core.data.sampling import packed_rows, sample_sequences, training_sequences
 from td3core.errors import ConfigError
 
 
@@ -71,3 +72,21 @@ def test_sampled_split_reports_its_interactions(split, method):
 def test_unknown_method(split):
     with pytest.raises(ConfigError, match="unknown sampling method"):
         sample_sequences(split, "newest", users=1, length=1, seed=0)
+
+
+def test_packed_rows_lay_a_random_users_sample_end_to_end(split):
+    _, sequences = sample_sequences(split, "random-users", users=3, length=8, seed=4)
+    rows = packed_rows(split, users=3, length=8, seed=4)
+    assert rows.shape == (3, 8)
+    assert np.array_equal(rows.reshape(-1), np.concatenate(sequences))
+    assert np.array_equal(rows, packed_rows(split, users=3, length=8, seed=4))
+    assert not np.array_equal(rows, packed_rows(split, users=3, length=8, seed=5))
+
+
+def test_packed_rows_repeat_a_small_training_set(split):
+    everything = np.concatenate([seq for seq in training_sequences(split) if len(seq)])
+    rows = packed_rows(split, users=40, length=50, seed=0)  # more cells than interactions
+    flat = rows.reshape(-1)
+    assert len(everything) < flat.size
+    assert np.array_equal(flat[len(everything) :][:10], flat[:10])
+    assert np.array_equal(np.sort(flat[: len(everything)]), np.sort(everything))

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from td3core.baselines import sample_sequences, sampled_split, training_sequences
+from td3core.baselines import sampled_split
 from td3core.config import DistillConfig, JobConfig, ModelConfig, TrainConfig
 from td3core.data import PreprocessConfig, build_dataset, generate_interactions, leave_one_out
+from td3core.data.sampling import sample_sequences, training_sequences
 from td3core.errors import Cancelled
 from td3core.pipeline import run_job
 from td3core.summary import summary_from_bytes
