@@ -80,6 +80,12 @@ class Experiment:
     def test_metrics(self, model: nn.Module) -> dict[str, dict[str, float]]:
         return evaluate(model, self.split.test, self.split, self.negatives_test, device=self.device)
 
+    def valid_metrics(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Both protocols on validation: what choices between methods are made on."""
+        return evaluate(
+            model, self.split.valid, self.split, self.negatives_valid, device=self.device
+        )
+
     def real_recipe_for(self, split: Split, *, seed: int, lr: float) -> TrainConfig:
         """The real-data recipe at one point of the search, sized to `split`'s data."""
         recipe = self.real_recipe.model_copy(update={"seed": seed, "lr": lr})
@@ -202,6 +208,7 @@ def summary_row(objective: Objective, *, paper_compatible: bool = False) -> str:
 def run_record(model: nn.Module, fit: FitResult, experiment: Experiment, interactions: int) -> dict:
     return {
         "test": experiment.test_metrics(model),
+        "valid": experiment.valid_metrics(model),
         "valid_mrr10": fit.best_metric,
         "train_seconds": fit.seconds,
         "steps": fit.steps,
