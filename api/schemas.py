@@ -48,8 +48,9 @@ def _flat_fields() -> dict[str, Any]:
             None,
             description="the settings to start from: 'default' (the library's defaults, "
             "used when omitted: hours on a CPU for ML-100k), 'paper' (the paper's Algorithm 1 "
-            "as published: FSA on, teacher at the authors' lr) or 'smoke' (a pipeline check, "
-            "well under a minute on a CPU on small data); the fields given here override it",
+            "as published: FSA on, pool learners, a random start, the teacher at the authors' "
+            "lr) or 'smoke' (a pipeline check, well under a minute on a CPU on small data); "
+            "the fields given here override it",
         ),
     )
     return fields

@@ -125,6 +125,16 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
     )
     p.add_argument("--window", type=int, help=_doc("window", "W: differentiable inner steps"))
     p.add_argument("--temperature", type=float, help=_doc("temperature", "summary softmax"))
+    p.add_argument(
+        "--init",
+        choices=get_args(DistillConfig.model_fields["init"].annotation),
+        help=_doc("init", "how the summary starts: random (paper) or fitted to real rows"),
+    )
+    p.add_argument(
+        "--init-confidence",
+        type=float,
+        help=_doc("init_confidence", "with --init real: each cell's mass on its real item"),
+    )
     p.add_argument("--inner-lr", type=float, help=_doc("inner_lr", "learner Adam lr"))
     p.add_argument("--outer-lr", type=float, help=_doc("outer_lr", "summary Adam lr"))
     p.add_argument(
@@ -197,6 +207,8 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             inner_steps=args.inner_steps,
             window=args.window,
             temperature=args.temperature,
+            init=args.init,
+            init_confidence=args.init_confidence,
             inner_lr=args.inner_lr,
             outer_lr=args.outer_lr,
             select_steps=args.select_steps,

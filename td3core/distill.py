@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
+from td3core.data.sampling import packed_rows
 from td3core.errors import Cancelled, ConfigError, DataError
 from td3core.inner import (
     BoundLearner,
@@ -53,11 +54,20 @@ from td3core.item_chunks import soft_cross_entropy
 from td3core.models.sasrec import SASRec
 from td3core.optim import AdamState, Params, adam_update
 from td3core.serialization import read_metadata
-from td3core.summary import FarziSummary, Summary, TuckerSummary, copy_parameters
+from td3core.summary import (
+    FarziSummary,
+    Summary,
+    TuckerSummary,
+    copy_parameters,
+    fit_to_items,
+)
 from td3core.teacher import Teacher
 
 STATE_FORMAT = "td3-distill-state/2"
 LEGACY_STATE_FORMAT = "td3-distill-state/1"
+# init="real": enough Adam steps for the cells to reach their target confidence
+INIT_FIT_STEPS = 300
+INIT_FIT_LR = 0.05
 
 
 @dataclass
@@ -169,6 +179,17 @@ class Distiller:
                 generator=init,
             )
         self.summary = summary.to(self.device)
+        if config.init == "real":
+            rows = packed_rows(
+                split, users=config.users, length=config.length, seed=seed_for(config.seed, 0x5EED)
+            )
+            fit_to_items(
+                self.summary,
+                torch.as_tensor(rows, device=self.device),
+                confidence=config.init_confidence,
+                steps=INIT_FIT_STEPS,
+                lr=INIT_FIT_LR,
+            )
         self.optimizer = torch.optim.Adam(
             self.summary.parameters(), lr=config.outer_lr, weight_decay=config.outer_weight_decay
         )

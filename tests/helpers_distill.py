@@ -73,6 +73,7 @@ def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
         # engines' checks cover the whole outer loss and the pool draws.
         fsa=True,
         fresh_learners=0.0,
+        init="random",
     )
     settings.update(overrides)
     split, _ = tiny_split()

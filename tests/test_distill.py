@@ -14,6 +14,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from td3core.config import TrainConfig
+from td3core.data.sampling import packed_rows
+from td3core.distill import seed_for
 from td3core.errors import Cancelled, ConfigError, DataError
 from td3core.learner import train_on_summary
 from td3core.optim import AdamState
@@ -253,3 +255,19 @@ def test_fresh_learners_start_from_a_seeded_fresh_initialisation():
         assert all(not torch.equal(value, state[name]) for state in d.pool)
     pooled = distiller(fresh_learners=0.0)._initial_learner(0, 0, gen())
     assert any(all(torch.equal(pooled[n], state[n]) for n in pooled) for state in d.pool)
+
+
+def test_a_real_start_fits_the_summary_to_packed_real_rows():
+    rows = torch.as_tensor(
+        packed_rows(tiny_split()[0], users=6, length=8, seed=seed_for(0, 0x5EED))
+    )
+    real, again, random = (distiller(rank=8, init=init) for init in ("real", "real", "random"))
+    with torch.no_grad():
+        probs = real.summary.probs(torch.arange(6))  # [6, 8, n+1]
+        at_random = random.summary.probs(torch.arange(6))
+    mass = probs.gather(-1, rows.unsqueeze(-1)).mean()
+    assert mass > 5 * at_random.gather(-1, rows.unsqueeze(-1)).mean()
+    assert (probs.argmax(-1) == rows).float().mean() > 0.8  # the teacher's V permitting
+    for name in ("G", "U", "T"):  # seeded
+        assert torch.equal(getattr(real.summary, name), getattr(again.summary, name))
+    real.outer_step()  # and it distils from there

@@ -37,12 +37,12 @@ def test_default_and_paper_presets_and_unknown_presets_fail():
     default = JobConfig.from_preset("default", size)
     assert default == JobConfig(distill=DistillConfig(users=5, length=8))
     assert not default.distill.fsa and default.teacher_lrs == default.search_lrs
-    assert default.distill.fresh_learners == 1.0
-    # the paper's Algorithm 1 as published: FSA on, pool learners, the teacher at the
-    # authors' lr alone
+    assert default.distill.fresh_learners == 1.0 and default.distill.init == "real"
+    # the paper's Algorithm 1 as published: FSA on, pool learners, a random start, the
+    # teacher at the authors' lr alone
     paper = JobConfig.from_preset("paper", size)
     assert paper.distill.fsa and paper.teacher_lrs == [0.001]
-    assert paper.distill.fresh_learners == 0.0
+    assert paper.distill.fresh_learners == 0.0 and paper.distill.init == "random"
     assert paper.distill.epochs == 30 and paper.distill.inner_steps == 200
     assert paper.model_copy(update={"distill": default.distill, "teacher_search": True}) == default
     with pytest.raises(ValueError, match="unknown preset"):
