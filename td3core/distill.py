@@ -59,7 +59,6 @@ from td3core.summary import (
     Summary,
     TuckerSummary,
     copy_parameters,
-    fit_to_items,
 )
 from td3core.teacher import Teacher
 
@@ -68,6 +67,7 @@ LEGACY_STATE_FORMAT = "td3-distill-state/1"
 # init="real": enough Adam steps for the cells to reach their target confidence
 INIT_FIT_STEPS = 300
 INIT_FIT_LR = 0.05
+REAL_ROWS_STREAM = 0x5EED  # seed_for(seed, this) draws the real rows
 
 
 @dataclass
@@ -181,7 +181,10 @@ class Distiller:
         self.summary = summary.to(self.device)
         if config.init == "real":
             rows = packed_rows(
-                split, users=config.users, length=config.length, seed=seed_for(config.seed, 0x5EED)
+                split,
+                users=config.users,
+                length=config.length,
+                seed=seed_for(config.seed, REAL_ROWS_STREAM),
             )
             fit_to_items(
                 self.summary,
@@ -189,6 +192,7 @@ class Distiller:
                 confidence=config.init_confidence,
                 steps=INIT_FIT_STEPS,
                 lr=INIT_FIT_LR,
+                chunk=config.item_chunk,
             )
         self.optimizer = torch.optim.Adam(
             self.summary.parameters(), lr=config.outer_lr, weight_decay=config.outer_weight_decay
@@ -622,6 +626,42 @@ class Distiller:
         self._carried = None
         if json.loads(meta.get("carried", "false")):
             self._carried = {n: tensors[f"carry.{n}"].to(self.device) for n in self.param_names}
+
+
+def fit_to_items(
+    summary: Summary,
+    items: torch.Tensor,  # [users, length], real item ids 1..n_items
+    *,
+    confidence: float,
+    steps: int,
+    lr: float,
+    chunk: int,
+) -> list[float]:
+    """Fit the summary's learned tensors so that cell (u, t) puts about `confidence` of
+    its mass on item items[u, t] and spreads the rest evenly over the catalogue (a
+    finite optimum: one-hot targets would drive the logits to infinity): `steps`
+    full-batch Adam steps on the cross-entropy, read `chunk` items at a time
+    (`item_chunks.soft_cross_entropy`) so large catalogues fit. Returns the loss per step."""
+    if items.shape != (summary.users, summary.length):
+        raise ValueError(
+            f"items must be [{summary.users}, {summary.length}], got {list(items.shape)}"
+        )
+    spread = (1.0 - confidence) / summary.n_items
+    target = items.reshape(-1).to(summary.item_vectors().device) - 1  # [cells], 0-based
+    users = torch.arange(summary.users, device=target.device)
+    optimizer = torch.optim.Adam(summary.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        table = summary.item_vectors()  # [n, k]
+        hidden = summary.scores(users).flatten(0, 1)  # [cells, k]
+        # p @ table for the target p = confidence x one-hot + spread on every item
+        mix = confidence * table[target] + spread * table.sum(0)
+        loss = soft_cross_entropy(hidden, table, mix, chunk)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def train_config_for_selection(learner: TrainConfig, steps: int) -> TrainConfig:

@@ -217,51 +217,6 @@ class SummaryFile:
     dataset_sha256: str
 
 
-def fit_to_items(
-    summary: Summary,
-    items: torch.Tensor,  # [users, length], real item ids 1..n_items
-    *,
-    confidence: float,
-    steps: int,
-    lr: float,
-    max_logits: int = 1 << 24,
-) -> list[float]:
-    """Fit the summary's learned tensors so that cell (u, t) puts about `confidence` of
-    its mass on item items[u, t] and spreads the rest evenly over the catalogue (a
-    finite optimum: one-hot targets would drive the logits to infinity): `steps`
-    full-batch Adam steps on the cross-entropy, the cells taken in chunks of at most
-    `max_logits` logits so large catalogues fit. Returns the mean loss per step."""
-    if items.shape != (summary.users, summary.length):
-        raise ValueError(
-            f"items must be [{summary.users}, {summary.length}], got {list(items.shape)}"
-        )
-    n = summary.n_items
-    target = (items.reshape(-1) - 1).to(summary.item_vectors().device)  # [cells], 0-based
-    chunk = max(1, max_logits // n)
-    spread = (1.0 - confidence) / n
-    optimizer = torch.optim.Adam(summary.parameters(), lr=lr)
-    users = torch.arange(summary.users, device=target.device)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        scores = summary.scores(users).reshape(target.numel(), -1)  # [cells, k]
-        total = 0.0
-        for start in range(0, target.numel(), chunk):
-            logits = scores[start : start + chunk] @ summary.item_vectors().T  # [c, n]
-            rows = torch.arange(logits.shape[0], device=logits.device)
-            # CE against confidence x one-hot + spread everywhere
-            loss = (
-                torch.logsumexp(logits, dim=-1)
-                - confidence * logits[rows, target[start : start + chunk]]
-                - spread * logits.sum(-1)
-            ).sum() / target.numel()
-            loss.backward(retain_graph=start + chunk < target.numel())
-            total += float(loss.detach())
-        optimizer.step()
-        losses.append(total)
-    return losses
-
-
 def summary_to_bytes(
     summary: Summary, *, item_ids: list[str | None], config: dict, dataset_sha256: str
 ) -> bytes:

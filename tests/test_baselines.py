@@ -84,7 +84,7 @@ def test_packed_rows_lay_a_random_users_sample_end_to_end(split):
 
 
 def test_packed_rows_repeat_a_small_training_set(split):
-    everything = np.concatenate([seq for seq in training_sequences(split) if len(seq)])
+    everything = np.concatenate(training_sequences(split))
     rows = packed_rows(split, users=40, length=50, seed=0)  # more cells than interactions
     flat = rows.reshape(-1)
     assert len(everything) < flat.size

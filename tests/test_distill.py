@@ -15,7 +15,7 @@ from safetensors.torch import save as save_tensors
 
 from td3core.config import TrainConfig
 from td3core.data.sampling import packed_rows
-from td3core.distill import seed_for
+from td3core.distill import REAL_ROWS_STREAM, seed_for
 from td3core.errors import Cancelled, ConfigError, DataError
 from td3core.learner import train_on_summary
 from td3core.optim import AdamState
@@ -259,7 +259,7 @@ def test_fresh_learners_start_from_a_seeded_fresh_initialisation():
 
 def test_a_real_start_fits_the_summary_to_packed_real_rows():
     rows = torch.as_tensor(
-        packed_rows(tiny_split()[0], users=6, length=8, seed=seed_for(0, 0x5EED))
+        packed_rows(tiny_split()[0], users=6, length=8, seed=seed_for(0, REAL_ROWS_STREAM))
     )
     real, again, random = (distiller(rank=8, init=init) for init in ("real", "real", "random"))
     with torch.no_grad():

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from td3core.distill import fit_to_items
 from td3core.errors import DataError
 from td3core.serialization import read_metadata
 from td3core.summary import (
@@ -12,7 +13,6 @@ from td3core.summary import (
     SUMMARY_FORMAT,
     FarziSummary,
     TuckerSummary,
-    fit_to_items,
     load_summary,
     save_summary,
     summary_from_bytes,
@@ -152,12 +152,10 @@ def full_rank_summary() -> TuckerSummary:
     return TuckerSummary(5, 7, 7, V, generator=torch.Generator().manual_seed(1))
 
 
-def _fitted(confidence: float, max_logits: int = 1 << 24) -> tuple[TuckerSummary, torch.Tensor]:
+def _fitted(confidence: float, chunk: int = N_ITEMS) -> tuple[TuckerSummary, torch.Tensor]:
     s = full_rank_summary()
     items = torch.randint(1, N_ITEMS + 1, (5, 7), generator=torch.Generator().manual_seed(2))
-    losses = fit_to_items(
-        s, items, confidence=confidence, steps=200, lr=0.05, max_logits=max_logits
-    )
+    losses = fit_to_items(s, items, confidence=confidence, steps=200, lr=0.05, chunk=chunk)
     assert losses[-1] < losses[0]
     return s, items
 
@@ -176,9 +174,9 @@ def test_fit_to_items_puts_the_mass_on_each_cells_item():
         assert mass == pytest.approx(confidence, abs=0.06)
 
 
-def test_fit_to_items_in_chunks_of_cells_is_the_same_fit():
+def test_fit_to_items_in_chunks_of_items_is_the_same_fit():
     whole, _ = _fitted(0.5)
-    chunked, _ = _fitted(0.5, max_logits=3 * N_ITEMS)  # 3 of the 35 cells at a time
+    chunked, _ = _fitted(0.5, chunk=5)  # 5 of the 12 items at a time
     for name in ("G", "U", "T"):
         torch.testing.assert_close(getattr(whole, name), getattr(chunked, name))
 
@@ -186,5 +184,10 @@ def test_fit_to_items_in_chunks_of_cells_is_the_same_fit():
 def test_fit_to_items_refuses_items_of_another_shape():
     with pytest.raises(ValueError, match=r"items must be \[5, 7\]"):
         fit_to_items(
-            make_summary(), torch.ones(5, 6, dtype=torch.long), confidence=0.5, steps=1, lr=0.1
+            make_summary(),
+            torch.ones(5, 6, dtype=torch.long),
+            confidence=0.5,
+            steps=1,
+            lr=0.1,
+            chunk=N_ITEMS,
         )
