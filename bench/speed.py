@@ -196,7 +196,10 @@ def baseline_distiller(folder: str, case: Case, split: Split, teacher: Teacher, 
     sys.path.insert(0, folder)
     config = importlib.import_module("td3core_baseline.config")
     distill = importlib.import_module("td3core_baseline.distill")
-    settings = case.distill_config("func").model_dump(exclude={"backend", "init"})
+    # the settings that revision knows (its DistillConfig refuses unknown fields)
+    known = config.DistillConfig.model_fields
+    settings = {k: v for k, v in case.distill_config("func").model_dump().items() if k in known}
+    del settings["backend"]
     return distill.Distiller(
         config.DistillConfig(**settings),
         split,
