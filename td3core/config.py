@@ -119,10 +119,10 @@ class DistillConfig(_Settings):
         "real",
         description="how the summary starts: 'real' (default), fitted to a random-users "
         "sample of the same budget (histories laid end to end, cut into rows), each cell "
-        "putting `init_confidence` of its mass on the real item; 'random', the paper's",
+        "towards `init_confidence` of its mass on the real item; 'random', the paper's",
     )
     init_confidence: float = Field(
-        0.3, gt=0.0, lt=1.0, description="with init='real': each cell's mass on its real item"
+        0.3, gt=0.0, lt=1.0, description="with init='real': the mass each cell's fit aims to put on its real item"
     )
     epochs: int = Field(30, ge=1, le=1000, description="passes over the real training samples")
     inner_steps: int = Field(200, ge=1, le=10_000, description="N: inner steps per outer step")
