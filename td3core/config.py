@@ -122,7 +122,10 @@ class DistillConfig(_Settings):
         "towards `init_confidence` of its mass on the real item; 'random', the paper's",
     )
     init_confidence: float = Field(
-        0.3, gt=0.0, lt=1.0, description="with init='real': the mass each cell's fit aims to put on its real item"
+        0.3,
+        gt=0.0,
+        lt=1.0,
+        description="with init='real': the mass each cell's fit aims to put on its real item",
     )
     epochs: int = Field(30, ge=1, le=1000, description="passes over the real training samples")
     inner_steps: int = Field(200, ge=1, le=10_000, description="N: inner steps per outer step")
