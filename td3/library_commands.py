@@ -135,6 +135,11 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         type=float,
         help=_doc("init_confidence", "with --init real: each cell's mass on its real item"),
     )
+    p.add_argument(
+        "--init-rows",
+        choices=get_args(DistillConfig.model_fields["init_rows"].annotation),
+        help=_doc("init_rows", "with --init real: the real sample the rows come from"),
+    )
     p.add_argument("--inner-lr", type=float, help=_doc("inner_lr", "learner Adam lr"))
     p.add_argument("--outer-lr", type=float, help=_doc("outer_lr", "summary Adam lr"))
     p.add_argument(
@@ -209,6 +214,7 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             temperature=args.temperature,
             init=args.init,
             init_confidence=args.init_confidence,
+            init_rows=args.init_rows,
             inner_lr=args.inner_lr,
             outer_lr=args.outer_lr,
             select_steps=args.select_steps,

@@ -132,7 +132,9 @@ class Distiller:
         *,
         select: SelectFn,
         device: str | torch.device = "cpu",
+        state: bytes | None = None,
     ):
+        """`state`, from `state_bytes`, continues that run (without redoing the start)."""
         if not teacher.pool:
             raise ConfigError("the teacher has no checkpoint pool to draw learners from")
         if config.length - 1 > split.max_len:
@@ -179,9 +181,10 @@ class Distiller:
                 generator=init,
             )
         self.summary = summary.to(self.device)
-        if config.init == "real":
+        if config.init == "real" and state is None:
             rows = packed_rows(
                 split,
+                config.init_rows,
                 users=config.users,
                 length=config.length,
                 seed=seed_for(config.seed, REAL_ROWS_STREAM),
@@ -218,6 +221,8 @@ class Distiller:
             )
             for b in range(n_batches)
         ]
+        if state is not None:
+            self.load_state_bytes(state)
 
     # ------------------------------------------------------------------ running
     def run(

@@ -162,10 +162,12 @@ class Experiment:
         }
         return teacher, reuse
 
-    def distiller(self, distill: DistillConfig, teacher: Teacher) -> Distiller:
+    def distiller(
+        self, distill: DistillConfig, teacher: Teacher, *, state: bytes | None = None
+    ) -> Distiller:
         """A Distiller that keeps the summary whose fresh learner (the summary recipe
         capped at `select_steps`, trained with the distillation's inner objective)
-        scores best on validation."""
+        scores best on validation; `state` continues a checkpointed run."""
         recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
 
         def select(summary: Summary) -> float:
@@ -182,7 +184,13 @@ class Experiment:
             return fit.best_metric
 
         return Distiller(
-            distill, self.split, teacher, self.model, select=select, device=self.device
+            distill,
+            self.split,
+            teacher,
+            self.model,
+            select=select,
+            device=self.device,
+            state=state,
         )
 
 

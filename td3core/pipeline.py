@@ -91,9 +91,7 @@ def run_job(
         reuse[full_run_key(config.teacher.seed, lr)] = (teacher.model, teacher.fit)
     timings["teacher_seconds"] = time.perf_counter() - clock
 
-    distiller = experiment.distiller(distill_cfg, teacher)
-    if distill_state is not None:
-        distiller.load_state_bytes(distill_state)
+    distiller = experiment.distiller(distill_cfg, teacher, state=distill_state)
 
     def on_distill(p: DistillProgress) -> None:
         hooks.on_progress(Progress("distill", p.epoch, p.step, p.total, p.losses, p.eta_seconds))

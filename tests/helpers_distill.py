@@ -57,9 +57,12 @@ def selection_metric(summary: torch.nn.Module) -> float:
     return float(sum(p.detach().abs().sum() for p in summary.parameters()))
 
 
-def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
-    """A Distiller on the tiny split, in the current default dtype. Selection is a
-    deterministic function of the factors: these tests are about the outer loop."""
+def distiller(
+    model: ModelConfig = NO_DROPOUT, *, state: bytes | None = None, **overrides
+) -> Distiller:
+    """A Distiller on the tiny split, in the current default dtype (`state`: continue
+    that checkpoint). Selection is a deterministic function of the factors: these tests
+    are about the outer loop."""
     settings = dict(
         users=6,
         length=8,
@@ -78,7 +81,9 @@ def distiller(model: ModelConfig = NO_DROPOUT, **overrides) -> Distiller:
     settings.update(overrides)
     split, _ = tiny_split()
     teacher = tiny_teacher(model, torch.get_default_dtype())
-    return Distiller(DistillConfig(**settings), split, teacher, model, select=selection_metric)
+    return Distiller(
+        DistillConfig(**settings), split, teacher, model, select=selection_metric, state=state
+    )
 
 
 class _Apply(torch.nn.Module):

@@ -74,18 +74,28 @@ def test_unknown_method(split):
         sample_sequences(split, "newest", users=1, length=1, seed=0)
 
 
-def test_packed_rows_lay_a_random_users_sample_end_to_end(split):
-    _, sequences = sample_sequences(split, "random-users", users=3, length=8, seed=4)
-    rows = packed_rows(split, users=3, length=8, seed=4)
+@pytest.mark.parametrize("method", ["random-users", "longest"])
+def test_packed_rows_lay_a_sample_end_to_end(split, method):
+    _, sequences = sample_sequences(split, method, users=3, length=8, seed=4)
+    rows = packed_rows(split, method, users=3, length=8, seed=4)
     assert rows.shape == (3, 8)
     assert np.array_equal(rows.reshape(-1), np.concatenate(sequences))
-    assert np.array_equal(rows, packed_rows(split, users=3, length=8, seed=4))
-    assert not np.array_equal(rows, packed_rows(split, users=3, length=8, seed=5))
+    assert np.array_equal(rows, packed_rows(split, method, users=3, length=8, seed=4))
+
+
+def test_packed_rows_of_random_users_follow_the_seed_and_the_longest_do_not(split):
+    def rows(method: str, seed: int) -> np.ndarray:
+        return packed_rows(split, method, users=3, length=8, seed=seed)
+
+    assert not np.array_equal(rows("random-users", 4), rows("random-users", 5))
+    assert np.array_equal(rows("longest", 4), rows("longest", 5))
 
 
 def test_packed_rows_repeat_a_small_training_set(split):
     everything = np.concatenate(training_sequences(split))
-    rows = packed_rows(split, users=40, length=50, seed=0)  # more cells than interactions
+    rows = packed_rows(
+        split, "random-users", users=40, length=50, seed=0
+    )  # more cells than interactions
     flat = rows.reshape(-1)
     assert len(everything) < flat.size
     assert np.array_equal(flat[len(everything) :][:10], flat[:10])

@@ -176,6 +176,7 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
         ("--no-fsa", {"fsa": False}),
         ("--inner-objective kl-all", {"inner_objective": "kl-all"}),
         ("--init real --init-confidence 0.7", {"init": "real", "init_confidence": 0.7}),
+        ("--init-rows random-users", {"init_rows": "random-users"}),
     ],
 )
 def test_distill_engine_options_reach_the_job(data, tmp_path, flags, settings):

@@ -13,6 +13,7 @@ from helpers_distill import (
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from td3core import distill as distill_module
 from td3core.config import TrainConfig
 from td3core.data.sampling import packed_rows
 from td3core.distill import REAL_ROWS_STREAM, seed_for
@@ -104,6 +105,23 @@ def test_resume_gives_the_same_summary_as_an_uninterrupted_run(learner_draw, met
             getattr(whole_result.summary, name), getattr(resumed_result.summary, name)
         )
     assert whole_result.curves == resumed_result.curves
+
+
+def test_a_resumed_real_start_continues_without_fitting_again(monkeypatch):
+    settings = dict(init="real", rank=8)
+    whole = distiller(**settings).run()
+    first = distiller(**settings)
+    first.run(stop_after=2)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a resumed run fitted its start again")
+
+    monkeypatch.setattr(distill_module, "fit_to_items", no_fit)
+    resumed = distiller(state=first.state_bytes(), **settings)
+    assert resumed.step == 2
+    result = resumed.run()
+    for name, value in whole.summary.named_parameters():
+        assert torch.equal(value, dict(result.summary.named_parameters())[name])
 
 
 def test_a_farzi_distillation_learns_its_summary_and_trains_learners():
@@ -257,11 +275,16 @@ def test_fresh_learners_start_from_a_seeded_fresh_initialisation():
     assert any(all(torch.equal(pooled[n], state[n]) for n in pooled) for state in d.pool)
 
 
-def test_a_real_start_fits_the_summary_to_packed_real_rows():
+@pytest.mark.parametrize("init_rows", ["random-users", "longest"])
+def test_a_real_start_fits_the_summary_to_packed_real_rows(init_rows):
     rows = torch.as_tensor(
-        packed_rows(tiny_split()[0], users=6, length=8, seed=seed_for(0, REAL_ROWS_STREAM))
+        packed_rows(
+            tiny_split()[0], init_rows, users=6, length=8, seed=seed_for(0, REAL_ROWS_STREAM)
+        )
     )
-    real, again, random = (distiller(rank=8, init=init) for init in ("real", "real", "random"))
+    real, again, random = (
+        distiller(rank=8, init=init, init_rows=init_rows) for init in ("real", "real", "random")
+    )
     with torch.no_grad():
         probs = real.summary.probs(torch.arange(6))  # [6, 8, n+1]
         at_random = random.summary.probs(torch.arange(6))

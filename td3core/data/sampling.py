@@ -70,10 +70,10 @@ def sample_sequences(
     raise ConfigError(f"unknown sampling method {method!r}; choose from {', '.join(SAMPLERS)}")
 
 
-def packed_rows(split: Split, *, users: int, length: int, seed: int) -> np.ndarray:
-    """`users` x `length` real training items, [users, length]: the random-users sample
-    of that budget with its histories laid end to end and cut into rows (short histories
-    share a row, as in a concatenated corpus), repeated from the start when the training
-    parts hold fewer interactions."""
-    _, sequences = sample_sequences(split, "random-users", users=users, length=length, seed=seed)
+def packed_rows(split: Split, method: str, *, users: int, length: int, seed: int) -> np.ndarray:
+    """`users` x `length` real training items, [users, length]: the `method` sample of
+    that budget (`sample_sequences`) with its histories laid end to end and cut into
+    rows (short histories share a row, as in a concatenated corpus), repeated from the
+    start when the training parts hold fewer interactions."""
+    _, sequences = sample_sequences(split, method, users=users, length=length, seed=seed)
     return np.resize(np.concatenate(sequences), (users, length))
