@@ -196,10 +196,10 @@ def baseline_distiller(folder: str, case: Case, split: Split, teacher: Teacher, 
     sys.path.insert(0, folder)
     config = importlib.import_module("td3core_baseline.config")
     distill = importlib.import_module("td3core_baseline.distill")
-    # the settings that revision knows (its DistillConfig refuses unknown fields)
-    known = config.DistillConfig.model_fields
+    # the settings that revision knows (its DistillConfig refuses unknown fields), less
+    # the engine: it runs its own default
+    known = set(config.DistillConfig.model_fields) - {"backend"}
     settings = {k: v for k, v in case.distill_config("func").model_dump().items() if k in known}
-    del settings["backend"]
     return distill.Distiller(
         config.DistillConfig(**settings),
         split,

@@ -652,8 +652,9 @@ def fit_to_items(
             f"items must be [{summary.users}, {summary.length}], got {list(items.shape)}"
         )
     spread = (1.0 - confidence) / summary.n_items
-    target = items.reshape(-1).to(summary.item_vectors().device) - 1  # [cells], 0-based
-    users = torch.arange(summary.users, device=target.device)
+    device = next(summary.parameters()).device
+    target = items.reshape(-1).to(device) - 1  # [cells], 0-based
+    users = torch.arange(summary.users, device=device)
     optimizer = torch.optim.Adam(summary.parameters(), lr=lr)
     losses = []
     for _ in range(steps):

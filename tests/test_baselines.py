@@ -93,9 +93,8 @@ def test_packed_rows_of_random_users_follow_the_seed_and_the_longest_do_not(spli
 
 def test_packed_rows_repeat_a_small_training_set(split):
     everything = np.concatenate(training_sequences(split))
-    rows = packed_rows(
-        split, "random-users", users=40, length=50, seed=0
-    )  # more cells than interactions
+    # more cells than interactions
+    rows = packed_rows(split, "random-users", users=40, length=50, seed=0)
     flat = rows.reshape(-1)
     assert len(everything) < flat.size
     assert np.array_equal(flat[len(everything) :][:10], flat[:10])

@@ -5,7 +5,6 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from td3core.distill import fit_to_items
 from td3core.errors import DataError
 from td3core.serialization import read_metadata
 from td3core.summary import (
@@ -144,50 +143,3 @@ def test_farzi_file_round_trip_under_its_own_format():
     # a Farzi file relabelled as the Tucker contract lacks its tensors
     with pytest.raises(DataError, match="missing tensors"):
         summary_from_bytes(save_tensors(tensors, metadata=meta | {"format": SUMMARY_FORMAT}))
-
-
-def full_rank_summary() -> TuckerSummary:
-    """Ranks as large as users and length, so that any cell can be fitted."""
-    V = torch.randn(N_ITEMS + 1, D3, generator=torch.Generator().manual_seed(0))
-    return TuckerSummary(5, 7, 7, V, generator=torch.Generator().manual_seed(1))
-
-
-def _fitted(confidence: float, chunk: int = N_ITEMS) -> tuple[TuckerSummary, torch.Tensor]:
-    s = full_rank_summary()
-    items = torch.randint(1, N_ITEMS + 1, (5, 7), generator=torch.Generator().manual_seed(2))
-    losses = fit_to_items(s, items, confidence=confidence, steps=200, lr=0.05, chunk=chunk)
-    assert losses[-1] < losses[0]
-    return s, items
-
-
-def test_fit_to_items_puts_the_mass_on_each_cells_item():
-    with torch.no_grad():
-        before = full_rank_summary().probs(torch.arange(5))
-    assert before.max() < 0.5  # the random start is near uniform
-    for confidence in (0.3, 0.8):
-        s, items = _fitted(confidence)
-        with torch.no_grad():
-            probs = s.probs(torch.arange(5))  # [5, 7, n+1]
-        assert torch.equal(probs.argmax(-1), items)
-        # close to what was asked (V's 6 dimensions cannot spread the rest exactly evenly)
-        mass = probs.gather(-1, items.unsqueeze(-1)).mean().item()
-        assert mass == pytest.approx(confidence, abs=0.06)
-
-
-def test_fit_to_items_in_chunks_of_items_is_the_same_fit():
-    whole, _ = _fitted(0.5)
-    chunked, _ = _fitted(0.5, chunk=5)  # 5 of the 12 items at a time
-    for name in ("G", "U", "T"):
-        torch.testing.assert_close(getattr(whole, name), getattr(chunked, name))
-
-
-def test_fit_to_items_refuses_items_of_another_shape():
-    with pytest.raises(ValueError, match=r"items must be \[5, 7\]"):
-        fit_to_items(
-            make_summary(),
-            torch.ones(5, 6, dtype=torch.long),
-            confidence=0.5,
-            steps=1,
-            lr=0.1,
-            chunk=N_ITEMS,
-        )
