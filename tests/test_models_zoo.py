@@ -18,9 +18,9 @@ from td3core.models import (
     LEARNERS,
     NARM,
     BERT4Rec,
-    Recommender,
     SASRec,
     build_model,
+    recommender,
 )
 from td3core.models.bert4rec import cloze_mask
 from td3core.models.layers import gather_last
@@ -65,8 +65,7 @@ def test_registry():
 
 @pytest.mark.parametrize("name", ZOO)
 def test_interface_shapes_and_soft_input(name):
-    m = model(name).eval()
-    assert isinstance(m, Recommender)
+    m = recommender(model(name).eval())  # refuses a model without the interface
     assert m.item_embedding.padding_idx == 0 and m.item_embedding.num_embeddings == N_ITEMS + 1
     items, lengths = batch()
     feats = m.sequence_features(items, lengths)
@@ -82,6 +81,18 @@ def test_interface_shapes_and_soft_input(name):
     assert torch.allclose(m(items, lengths, output="scores"), scores)
     if not isinstance(m, BERT4Rec):  # causal: the last features are those of the last position
         assert torch.allclose(gather_last(feats, lengths), last, atol=1e-5)
+
+
+def test_a_module_without_the_interface_is_refused_by_name():
+    class NoTable(SASRec):  # the scoring methods, but no item table
+        def __init__(self):
+            super().__init__(N_ITEMS, MAX_LEN)
+            del self.item_embedding
+
+    with pytest.raises(TypeError, match=r"NoTable does not implement .* \(no item_embedding\)"):
+        recommender(NoTable())
+    with pytest.raises(TypeError, match="no n_items, max_len, item_embedding, sequence_features"):
+        recommender(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("name", ZOO)

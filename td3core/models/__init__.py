@@ -25,7 +25,6 @@ from td3core.models.narm import NARM
 from td3core.models.sasrec import SASRec
 
 
-@runtime_checkable
 class Recommender(Protocol):
     """The interface every learner implements (and `evaluate` relies on).
 
@@ -101,11 +100,23 @@ def build_model(name: str, n_items: int, max_len: int, **size: Any) -> Learner:
     return spec.cls(n_items, max_len, **settings)
 
 
+RECOMMENDER_MEMBERS = (*Recommender.__annotations__, *[
+    name for name, value in vars(Recommender).items() if callable(value) and name[0] != "_"
+])  # fmt: skip
+
+
 def recommender(module: nn.Module) -> Recommender:
-    """`module` seen through the learner interface; a clear error if it lacks it."""
-    if not isinstance(module, Recommender):
-        raise TypeError(f"{type(module).__name__} does not implement the Recommender interface")
-    return module
+    """`module` seen through the learner interface; a clear error if it lacks it.
+
+    Looked up with `hasattr`, not `isinstance`: from Python 3.12 a runtime protocol's
+    isinstance reads attributes statically and misses a module's submodules
+    (`item_embedding` lives in `nn.Module._modules`)."""
+    if missing := [name for name in RECOMMENDER_MEMBERS if not hasattr(module, name)]:
+        raise TypeError(
+            f"{type(module).__name__} does not implement the Recommender interface "
+            f"(no {', '.join(missing)})"
+        )
+    return cast(Recommender, module)
 
 
 __all__ = [
