@@ -32,6 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from td3core.data import (
 )
 from td3core.data.samples import Split
 from td3core.distill import Distiller, DistillProgress, train_config_for_selection
+from td3core.errors import Cancelled
 from td3core.evaluation import sample_negatives
 from td3core.experiment import Experiment
 from td3core.learner import train_on_summary
@@ -170,9 +172,56 @@ def synthetic_split(case: Case) -> tuple[Split, torch.Tensor]:
     return split, sample_negatives(split.valid, split.sequences, split.n_items, n=100, seed=0)
 
 
-def quick_teacher(split: Split, negatives: torch.Tensor, device: str) -> Teacher:
+def quick_teacher(
+    split: Split, negatives: torch.Tensor, device: str, model: ModelConfig = MODEL
+) -> Teacher:
     recipe = TrainConfig(max_steps=8, eval_every=8, batch_size=256)
-    return train_teacher(split, negatives, MODEL, recipe, pool_epochs=(1, 3), device=device)
+    return train_teacher(split, negatives, model, recipe, pool_epochs=(1, 3), device=device)
+
+
+def host_syncs(distiller: Distiller) -> dict[str, int]:
+    """Where one outer step makes the host wait for the GPU: 'file:line' -> count, from
+    torch's synchronisation debug mode (the step's own `.item()`s at the end included)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            distiller.outer_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    lines = [
+        f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+    ]
+    return {line: lines.count(line) for line in sorted(set(lines))}
+
+
+def meta_gradient_gap(
+    case: Case, split: Split, negatives: torch.Tensor, device: str
+) -> dict[str, float]:
+    """||g_func - g_higher|| / ||g_higher|| ("gap") for the meta-gradient of one outer
+    step on `case`'s shape, where the two engines compute the same function: float64,
+    dropout off (they draw their masks differently), Adam's eps negligible (`higher`
+    adds it before the bias correction, torch after), no clipping. Each engine's
+    norm and count of non-finite entries too, so a NaN gap says where it came from."""
+    model = MODEL.model_copy(update={"attn_dropout": 0.0, "hidden_dropout": 0.0})
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        teacher = quick_teacher(split, negatives, device, model)
+        grads = {}
+        for engine in ENGINES:
+            settings = case.distill_config(engine).model_dump()
+            config = DistillConfig(**{**settings, "inner_eps": 1e-30, "grad_clip": 1e6})
+            d = Distiller(config, split, teacher, model, select=lambda s: 0.0, device=device)
+            d.outer_step()
+            grads[engine] = torch.cat([p.grad.flatten() for p in d.summary.parameters()])
+    finally:
+        torch.set_default_dtype(old)
+    out = {"gap": float((grads["func"] - grads["higher"]).norm() / grads["higher"].norm())}
+    for engine, g in grads.items():
+        out[f"{engine}_norm"] = float(g.norm())
+        out[f"{engine}_non_finite"] = int((~torch.isfinite(g)).sum())
+    return out
 
 
 def export_baseline(rev: str) -> Path:
@@ -267,6 +316,11 @@ def measure(
         }
     out["peak_memory_mb"] = peak_memory_mb(dev)
     out["memory_before_distill_mb"] = before
+    if dev.type == "cuda":
+        out["host_syncs"] = host_syncs(next(iter(distillers.values())))
+    if set(ENGINES) <= set(case.engines):  # after the peak: the check is not timed
+        del distillers
+        out["meta_gradient_gap"] = meta_gradient_gap(case, split, negatives, device)
     return out
 
 
@@ -307,17 +361,27 @@ REAL = {
 
 
 def end_to_end(
-    name: str, epochs: int, device: str, threads: int, data_root: Path
+    name: str,
+    epochs: int,
+    device: str,
+    threads: int,
+    data_root: Path,
+    size: tuple[int, int] | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Teacher + `epochs` epochs of distillation (with the per-epoch selection) on the
-    real file, with the authors' batches (docs/METHOD.md §1) and the library defaults."""
+    real file, with the authors' batches (docs/METHOD.md §1) and the library defaults.
+    `size` (mu, zeta) replaces the dataset's usual summary size. `time_limit` (seconds,
+    the whole run) stops the distillation of a run that would outlast it: the row is
+    then marked partial and gives the steps done and the rate they ran at."""
     torch.set_num_threads(threads)
     spec = REAL[name]
+    mu, zeta = size or (spec.mu, spec.zeta)
     phases: dict[str, float] = {}
     started = time.perf_counter()
     distill = DistillConfig(
-        users=spec.mu,
-        length=spec.zeta,
+        users=mu,
+        length=zeta,
         epochs=epochs,
         real_batch=spec.real_batch,
         synthetic_batch=spec.synthetic_batch,
@@ -330,6 +394,9 @@ def end_to_end(
     mark = time.perf_counter()
     teacher, _ = experiment.train_teacher(job)
     phases["teacher"] = time.perf_counter() - mark
+    dev = torch.device(device)
+    peaks = {"data and teacher": peak_memory_mb(dev)}
+    reset_peak_memory(dev)  # the distillation's own peak from here
     recipe = train_config_for_selection(job.learner, distill.select_steps)
     select_seconds = 0.0
 
@@ -345,27 +412,46 @@ def end_to_end(
     def progress(p: DistillProgress) -> None:
         if p.step % max(1, p.total // 30) == 0:
             eta = p.eta_seconds or 0.0
-            print(f"  epoch {p.epoch} step {p.step}/{p.total} eta {eta:.0f} s", file=sys.stderr)
+            print(
+                f"  {time.perf_counter() - started:.0f} s: epoch {p.epoch} "
+                f"step {p.step}/{p.total} eta {eta:.0f} s",
+                file=sys.stderr,
+            )
 
     mark = time.perf_counter()
     distiller = Distiller(distill, split, teacher, job.model, select=select, device=device)
-    result = distiller.run(on_progress=progress)
+    best: float | None = None
+    try:
+        best = distiller.run(
+            on_progress=progress,
+            should_cancel=lambda: (
+                time_limit is not None and time.perf_counter() - started > time_limit
+            ),
+        ).best_valid_mrr10
+    except Cancelled:
+        print(f"  time limit: stopped after {distiller.step} outer steps", file=sys.stderr)
     phases["distillation"] = time.perf_counter() - mark
     phases["of which selection"] = select_seconds
     phases["total"] = time.perf_counter() - started
+    peaks["distillation"] = peak_memory_mb(dev)
+    per_step = (phases["distillation"] - select_seconds) / max(distiller.step, 1)
     return {
         "dataset": name,
+        "size": [mu, zeta],
         "device": device,
         "threads": threads,
         "epochs": epochs,
         "outer_steps": distiller.total_steps,
+        "outer_steps_done": distiller.step,
+        "partial": distiller.step < distiller.total_steps,
         "n_items": split.n_items,
         "train_samples": len(split.train),
         "config": distill.model_dump(),
         "seconds": phases,
-        "seconds_per_outer_step": (phases["distillation"] - select_seconds) / distiller.total_steps,
-        "peak_memory_mb": peak_memory_mb(torch.device(device)),
-        "best_valid_mrr10": result.best_valid_mrr10,
+        "seconds_per_outer_step": per_step,
+        "peak_memory_mb": max(peaks["data and teacher"], peaks["distillation"]),
+        "peak_memory_by_phase_mb": peaks,
+        "best_valid_mrr10": best,
         "paper_table5": spec.paper,
     }
 
@@ -381,7 +467,7 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
         "",
         "| case | engine | items (chunk) | mu x zeta | inner / W | real batch | mean plain steps "
         "| outer step, wall (s) | outer step, CPU (s) | per inner step, all in (ms) "
-        "| peak memory (MB) | this / func (wall; CPU) |",
+        "| peak memory (MB) | this / func (wall; CPU); relative meta-gradient gap (float64) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -401,6 +487,8 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
                     f"(median per step {np.median(per_step):.2f}x); "
                     f"{them['outer_cpu_mean_s'] / func['outer_cpu_mean_s']:.2f}x"
                 )
+        if "meta_gradient_gap" in row:
+            ratios["higher"] += f"; meta-gradient gap {row['meta_gradient_gap']['gap']:.1e}"
         for engine, e in engines.items():
             memory = row["memory"].get(engine, {})
             chunk = case["item_chunk"] if row["n_items"] > case["item_chunk"] else "dense"
@@ -417,29 +505,59 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
 
 
 def end_to_end_table(row: dict[str, Any]) -> str:
-    s = row["seconds"]
+    s, peaks = row["seconds"], row["peak_memory_by_phase_mb"]
+    mu, zeta = row["size"]
+    done = (
+        f"PARTIAL: stopped by the time limit after {row['outer_steps_done']} of "
+        f"{row['outer_steps']} outer steps"
+        if row["partial"]
+        else f"{row['outer_steps']} outer steps"
+    )
     return "\n".join(
         [
-            f"### End to end: {row['dataset']} ({row['epochs']} epochs, {row['outer_steps']} "
-            f"outer steps, {row['device']}, {row['threads']} thread(s))",
+            f"### End to end: {row['dataset']} [{mu}x{zeta}] ({row['epochs']} epochs, {done}, "
+            f"{row['device']}, {row['threads']} thread(s))",
             "",
             "| data | teacher | distillation (of which selection) | total | per outer step "
-            "| peak memory | paper Table 5 (one A100, 30 epochs) |",
+            "| peak memory: data and teacher / distillation "
+            "| paper Table 5 (one A100, 30 epochs) |",
             "|---|---|---|---|---|---|---|",
             f"| {minutes(s['data'])} | {minutes(s['teacher'])} | {minutes(s['distillation'])} "
             f"({minutes(s['of which selection'])}) | {minutes(s['total'])} "
-            f"| {row['seconds_per_outer_step']:.2f} s | {row['peak_memory_mb'] / 1024:.1f} GB "
+            f"| {row['seconds_per_outer_step']:.2f} s | {peaks['data and teacher'] / 1024:.1f} / "
+            f"{peaks['distillation'] / 1024:.1f} GB "
             f"| {row['paper_table5']} |",
         ]
     )
 
 
 # ------------------------------------------------------------------ main
+def summary_size(text: str) -> tuple[int, int]:
+    """'200x100' -> (200, 100)."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected MUxZETA such as 200x100, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", nargs="+", choices=sorted(SWEEPS), default=["engines"])
     p.add_argument("--end-to-end", choices=sorted(REAL), help="teacher + distillation on a file")
     p.add_argument("--epochs", type=int, default=30, help="end-to-end epochs (paper: 30)")
+    p.add_argument(
+        "--size",
+        type=summary_size,
+        metavar="MUxZETA",
+        help="end-to-end summary size instead of the dataset's usual one, e.g. 200x100",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="end to end: stop the distillation once the whole run has taken this long "
+        "(the row is then marked partial)",
+    )
     p.add_argument("--steps", type=int, default=6, help="timed outer steps per engine")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -459,7 +577,15 @@ def main(argv: list[str] | None = None) -> int:
     baseline = str(export_baseline(args.baseline)) if args.baseline else None
     report["baseline"] = args.baseline
     if args.end_to_end:
-        row = end_to_end(args.end_to_end, args.epochs, args.device, args.threads, args.data_root)
+        row = end_to_end(
+            args.end_to_end,
+            args.epochs,
+            args.device,
+            args.threads,
+            args.data_root,
+            size=args.size,
+            time_limit=args.time_limit,
+        )
         report["end_to_end"] = row
         print(end_to_end_table(row))
     else:
@@ -490,8 +616,14 @@ def main(argv: list[str] | None = None) -> int:
                         "distill_mb": m["peak_memory_mb"] - m["memory_before_distill_mb"],
                     }
                 rows.append(row)
+                # the table so far, in case a deadline stops the sweep
+                print(speed_table(f"{sweep} so far", rows), file=sys.stderr)
             report[sweep] = rows
             print(speed_table(f"{sweep} ({args.device}, {args.threads} thread(s))", rows))
+            for row in rows:
+                if "host_syncs" in row:
+                    name = row["case"]["name"]
+                    print(f"\nhost syncs in one outer step, {name}: {row['host_syncs']}")
             print()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU rows of bench/README.md's speed section in one run (a lent GPU's time is short):
+# each benchmark in turn, each stopped at its share of a deadline, tables to OUT/tables.md,
+# progress and errors to OUT/log.txt, measurements to OUT/*.json.
+#
+#   bench/gpu.sh OUT [DATA_ROOT] [SECONDS]      # DATA_ROOT default ../shared/data
+#   DEVICE=cpu bench/gpu.sh /tmp/out "" 60       # a dry run of the script itself
+set -u
+out=${1:?usage: bench/gpu.sh OUT [DATA_ROOT] [SECONDS]}
+data=${2:-../shared/data}
+data=${data:-../shared/data}
+deadline=$((SECONDS + ${3:-540}))
+device=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+
+# stage NAME CAP_SECONDS COMMAND...: at most CAP seconds, and never past the deadline
+stage() {
+    local name=$1 cap=$2 left=$((deadline - SECONDS)) began=$SECONDS
+    shift 2
+    ((left < cap)) && cap=$left
+    if ((cap < 20)); then
+        echo "== $name: skipped, the deadline is near" | tee -a "$out/tables.md"
+        return
+    fi
+    echo "== $name (at most ${cap} s, started $(date +%T))" | tee -a "$out/tables.md" >>"$out/log.txt"
+    timeout "$cap" "$@" >>"$out/tables.md" 2>>"$out/log.txt"
+    echo "== $name: exit $? after $((SECONDS - began)) s" >>"$out/tables.md"
+}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >>"$out/tables.md"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+    >>"$out/tables.md" 2>&1
+stage engines 180 python3 bench/speed.py --device "$device" --steps 4 --json "$out/engines.json"
+stage ml-1m 210 python3 bench/speed.py --device "$device" --end-to-end ml-1m --size 200x100 \
+    --time-limit 180 --data-root "$data" --json "$out/e2e-ml1m.json"
+stage items 120 python3 bench/speed.py --device "$device" --sweep items --steps 3 \
+    --json "$out/items.json"
+stage magazine 100 python3 bench/speed.py --device "$device" --end-to-end magazine \
+    --time-limit 90 --data-root "$data" --json "$out/e2e-magazine.json"
+cat "$out/tables.md"
