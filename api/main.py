@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="td3",
         # 1.1: preset "default" (used when omitted), teacher_search; 1.2: distill.inner_objective;
         # 1.3: distill.init and init_confidence, a real start by default;
-        # 1.4: distill.init_rows, the longest users' rows by default
-        version="1.4",
+        # 1.4: distill.init_rows, the longest users' rows by default;
+        # 1.5: distill.real_chunk
+        version="1.5",
         summary="TD3 dataset distillation for sequential recommendation, as a service",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,

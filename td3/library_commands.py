@@ -176,6 +176,11 @@ def add_distill_options(p: argparse.ArgumentParser, *, size_required: bool = Tru
         type=int,
         help=_doc("item_chunk", "catalogues larger than this are read in chunks of it"),
     )
+    p.add_argument(
+        "--real-chunk",
+        type=int,
+        help=_doc("real_chunk", "real batches larger than this are read in chunks of it"),
+    )
     p.add_argument("--teacher-steps", type=int, help="step cap of the real-data recipe")
     p.add_argument(
         "--teacher-lr",
@@ -223,6 +228,7 @@ def distill_job_config(args: argparse.Namespace, **job: Any) -> JobConfig:
             fresh_learners=args.fresh_learners,
             backend=args.backend,
             item_chunk=args.item_chunk,
+            real_chunk=args.real_chunk,
         ),
     }
     if args.no_alt:

@@ -186,6 +186,14 @@ class DistillConfig(_Settings):
         "time (exact; memory no longer grows with batch x zeta x items, each step costs "
         "more); smaller ones all at once",
     )
+    real_chunk: int = Field(
+        8192,
+        ge=1,
+        le=1_000_000,
+        description="real batches of more samples than this are read this many samples at "
+        "a time in the outer loss (the same meta-gradient; memory for one chunk's "
+        "activations instead of the batch's); smaller ones all at once",
+    )
     backend: Literal["func", "higher"] = Field(
         "func",
         description="differentiable inner loop: 'func', the fast engine (default), or "

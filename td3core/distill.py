@@ -146,7 +146,9 @@ class Distiller:
         self.device = torch.device(device)
         self.select = select
         self.pool = [{k: v.to(self.device) for k, v in state.items()} for state in teacher.pool]
-        self.train = split.train.to(self.device)
+        # Kept on the host, each outer step moving its real batch: the whole training
+        # set on a GPU (ML-1M: 981k histories of 99 ids) would hold 0.8 GB of it.
+        self.train = split.train
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
         self.model_config = model_config
         self._chunked = split.n_items > config.item_chunk
@@ -318,11 +320,14 @@ class Distiller:
             if self._reference is None:
                 # a fresh inner Adam every outer step, also where the learner is carried
                 params, carry = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
-                ce, fsa = self._outer_loss(self.learner(params), real, fast=True)
+                loss, ce, fsa = self._outer_objective(params, real)
             else:  # learner_draw="step" (the config's rule)
                 params, ce, fsa = self._reference_meta(params, plain, gen, real)
-        loss = ce + cfg.fsa_weight * fsa if cfg.fsa else ce
+                loss = self._combine(ce, fsa)
         return MetaLoss(loss, ce.detach(), fsa.detach(), plain, carry)
+
+    def _combine(self, ce: Tensor, fsa: Tensor) -> Tensor:
+        return ce + self.config.fsa_weight * fsa if self.config.fsa else ce
 
     # ------------------------------------------------------------ the pieces
     def _real_batch(self, epoch: int, index: int) -> Tensor:
@@ -331,7 +336,7 @@ class Distiller:
             generator=torch.Generator().manual_seed(seed_for(self.config.seed, 3, epoch)),
         )
         start = index * self.config.real_batch
-        return order[start : start + self.config.real_batch].to(self.device)
+        return order[start : start + self.config.real_batch]  # host indices into train
 
     def _initial_learner(self, epoch: int, index: int, gen: torch.Generator) -> Params:
         cfg = self.config
@@ -531,11 +536,41 @@ class Distiller:
             final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
         return final, ce, fsa
 
+    def _outer_objective(self, params: Params, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, ce, fsa) of the learner `params` on the real samples `real`.
+
+        A batch of more than `real_chunk` samples is read a chunk at a time, each
+        chunk's forward and backward to `params` at once, so one chunk's activations
+        are alive instead of the whole batch's (ML-1M's batch of 32,768 histories of
+        99 items holds gigabytes). The loss returned is then a surrogate with the exact
+        value and the exact first derivatives w.r.t. `params`, hence w.r.t. the factors:
+        L + g . params - (g . params).detach(), g = dL/dparams summed over the chunks."""
+        chunk = self.config.real_chunk
+        if len(real) <= chunk:
+            ce, fsa = self._outer_loss(self.learner(params), real, fast=True)
+            return self._combine(ce, fsa), ce, fsa
+        leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        model = self.learner(leaves)
+        grads = {name: torch.zeros_like(p) for name, p in leaves.items()}
+        ce = fsa = torch.zeros((), device=self.device)
+        for part in real.split(chunk):
+            share = len(part) / len(real)  # chunk means -> the batch mean
+            part_ce, part_fsa = self._outer_loss(model, part, fast=True)
+            found = torch.autograd.grad(
+                self._combine(part_ce, part_fsa) * share, list(leaves.values()), allow_unused=True
+            )
+            for name, grad in zip(leaves, found, strict=True):
+                if grad is not None:
+                    grads[name] += grad
+            ce, fsa = ce + share * part_ce.detach(), fsa + share * part_fsa.detach()
+        linear = torch.stack([(params[name] * grads[name]).sum() for name in params]).sum()
+        return self._combine(ce, fsa) + linear - linear.detach(), ce, fsa
+
     def _outer_loss(self, model: SASRec, index: Tensor, *, fast: bool) -> tuple[Tensor, Tensor]:
         """CE of the next item + FSA on the real samples `index`. fast: the outer
         loss reads one position per sample, so the last block runs there alone, and
         a catalogue larger than `item_chunk` is read in chunks."""
-        batch = self.train.select(index)
+        batch = self.train.select(index).to(self.device)
         features = model.last_features(batch.history, batch.lengths, last_only=fast)  # [B, H]
         if fast and self._chunked:
             table = model.item_embedding.weight[1:]
@@ -544,7 +579,7 @@ class Distiller:
             )
         else:
             ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
-        fsa = F.mse_loss(features, self.teacher_features[index])
+        fsa = F.mse_loss(features, self.teacher_features[index.to(self.device)])
         return ce, fsa
 
     def _end_epoch(self) -> None:

@@ -172,6 +172,7 @@ def test_distill_reports_a_table_per_learner(data, tmp_path, capsys):
     [
         ("--backend higher", {"backend": "higher", "item_chunk": 16384}),
         ("--item-chunk 8", {"backend": "func", "item_chunk": 8}),  # 40 items: chunked
+        ("--real-chunk 16", {"real_chunk": 16}),
         ("--fsa", {"fsa": True}),
         ("--no-fsa", {"fsa": False}),
         ("--inner-objective kl-all", {"inner_objective": "kl-all"}),
@@ -196,6 +197,7 @@ def test_distill_engine_options_reach_the_job(data, tmp_path, flags, settings):
         (["--device", "tpu"], "--device"),
         (["--threads", "0"], "--threads"),
         (["--item-chunk", "0"], "distill.item_chunk"),
+        (["--real-chunk", "0"], "distill.real_chunk"),
     ],
 )
 def test_distill_bad_settings(data, tmp_path, capsys, extra, needle):

@@ -68,9 +68,60 @@ def test_meta_gradient_matches_finite_differences():
                 assert numeric == pytest.approx(analytic.view(-1)[i].item(), rel=1e-4)
 
 
-def test_meta_loss_is_a_pure_function_of_the_state():
-    d = distiller(WITH_DROPOUT)
-    assert d.meta_loss().loss.item() == d.meta_loss().loss.item()
+@pytest.mark.parametrize("real_chunk", [8192, 40], ids=["whole", "in-chunks"])
+def test_meta_loss_is_a_pure_function_of_the_state(real_chunk):
+    d = distiller(WITH_DROPOUT, real_batch=90, real_chunk=real_chunk)
+    first, second = d.meta_loss(), d.meta_loss()
+    assert first.loss.item() == second.loss.item()
+    factors = list(d.summary.parameters())
+    for a, b in zip(
+        torch.autograd.grad(first.loss, factors),
+        torch.autograd.grad(second.loss, factors),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fsa", [True, False])
+def test_a_real_batch_read_in_chunks_gives_the_same_meta_gradient(fsa):
+    # 90 samples in chunks of 40, 40 and 10: each chunk's mean weighs by its size.
+    with default_dtype(torch.float64):
+        whole = distiller(NO_DROPOUT, real_batch=90, fsa=fsa)
+        chunked = distiller(NO_DROPOUT, real_batch=90, real_chunk=40, fsa=fsa)
+        for _ in range(2):
+            a, b = whole.meta_loss(), chunked.meta_loss()
+            for field in ("loss", "ce", "fsa"):
+                torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=1e-12, atol=0)
+            for ga, gb in zip(
+                torch.autograd.grad(a.loss, list(whole.summary.parameters())),
+                torch.autograd.grad(b.loss, list(chunked.summary.parameters())),
+                strict=True,
+            ):
+                assert ga.abs().max() > 0
+                torch.testing.assert_close(gb, ga, rtol=1e-9, atol=1e-15)
+            whole.outer_step()
+            chunked.outer_step()
+
+
+def _largest_saved_batch(d) -> int:
+    """The largest first dimension among the tensors one meta-loss and its backward
+    save (what the real batch's activations would show up in)."""
+    largest = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal largest
+        if t.dim() >= 2:
+            largest = max(largest, t.shape[0])
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        d.meta_loss().loss.backward()
+    return largest
+
+
+def test_a_real_batch_read_in_chunks_never_holds_the_whole_batch():
+    assert _largest_saved_batch(distiller(NO_DROPOUT, real_batch=90)) >= 90
+    assert _largest_saved_batch(distiller(NO_DROPOUT, real_batch=90, real_chunk=40)) <= 40
 
 
 @pytest.mark.parametrize(
