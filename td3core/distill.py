@@ -40,6 +40,7 @@ from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
 from td3core.data.sampling import packed_rows
 from td3core.errors import Cancelled, ConfigError, DataError
+from td3core.graphs import GraphedPlainSteps
 from td3core.inner import (
     BoundLearner,
     ChunkedSoftSequences,
@@ -133,8 +134,11 @@ class Distiller:
         select: SelectFn,
         device: str | torch.device = "cpu",
         state: bytes | None = None,
+        cuda_graphs: bool = False,
     ):
-        """`state`, from `state_bytes`, continues that run (without redoing the start)."""
+        """`state`, from `state_bytes`, continues that run (without redoing the start).
+        `cuda_graphs`: replay the ordinary inner steps from CUDA graphs (experimental,
+        td3core.graphs; CUDA, the fast engine and catalogues read whole only)."""
         if not teacher.pool:
             raise ConfigError("the teacher has no checkpoint pool to draw learners from")
         if config.length - 1 > split.max_len:
@@ -152,6 +156,15 @@ class Distiller:
         self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
         self.model_config = model_config
         self._chunked = split.n_items > config.item_chunk
+        if cuda_graphs and (
+            self.device.type != "cuda" or self._chunked or config.backend != "func"
+        ):
+            raise ConfigError(
+                "CUDA graphs need a CUDA device, the func backend and a catalogue of at "
+                f"most item_chunk ({config.item_chunk}) items"
+            )
+        self._cuda_graphs = cuda_graphs
+        self._graphed: GraphedPlainSteps | None = None  # built at the first ordinary steps
         self._everywhere = config.inner_objective == "kl-all"  # every cell a target
         # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
         self.learner = BoundLearner(self._new_model())
@@ -441,6 +454,24 @@ class Distiller:
         (the same update as `adam_update`, to rounding) rewrites theta and the
         moments in one kernel, so a step builds no graph beyond the loss's own."""
         cfg = self.config
+        if self._cuda_graphs:  # the same steps, replayed (td3core.graphs)
+            with torch.no_grad():  # every batch (each graph reads one), whole (the rule)
+                dense = [SoftSequences.of(self.summary.probs(u)) for u in self.synthetic_batches]
+            positions = self._alt_positions(count, gen)
+            if self._graphed is None:
+                alt = cfg.alt and not self._everywhere
+                self._graphed = GraphedPlainSteps(
+                    self.learner,
+                    theta,
+                    dense,
+                    [len(users) for users in self.synthetic_batches] if alt else None,
+                    lr=cfg.inner_lr,
+                    eps=cfg.inner_eps,
+                    weight_decay=cfg.inner_weight_decay,
+                    everywhere=self._everywhere,
+                )
+            self._graphed.run(theta, exp_avg, exp_avg_sq, step, dense, positions, count)
+            return
         theta.grad = torch.zeros_like(theta)
         leaves, grads = self.learner.layout.views(theta), self.learner.layout.views(theta.grad)
         for name, leaf in leaves.items():

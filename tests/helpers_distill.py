@@ -58,7 +58,12 @@ def selection_metric(summary: torch.nn.Module) -> float:
 
 
 def distiller(
-    model: ModelConfig = NO_DROPOUT, *, state: bytes | None = None, **overrides
+    model: ModelConfig = NO_DROPOUT,
+    *,
+    state: bytes | None = None,
+    device: str = "cpu",
+    cuda_graphs: bool = False,
+    **overrides,
 ) -> Distiller:
     """A Distiller on the tiny split, in the current default dtype (`state`: continue
     that checkpoint). Selection is a deterministic function of the factors: these tests
@@ -82,8 +87,49 @@ def distiller(
     split, _ = tiny_split()
     teacher = tiny_teacher(model, torch.get_default_dtype())
     return Distiller(
-        DistillConfig(**settings), split, teacher, model, select=selection_metric, state=state
+        DistillConfig(**settings),
+        split,
+        teacher,
+        model,
+        select=selection_metric,
+        state=state,
+        device=device,
+        cuda_graphs=cuda_graphs,
     )
+
+
+def assert_same_meta_steps(
+    first: Distiller,
+    second: Distiller,
+    *,
+    steps: int,
+    loss_tol: tuple[float, float],
+    grad_tol: tuple[float, float],
+) -> list[int]:
+    """`steps` outer steps of two distillers that must compute the same thing: each
+    step the same plain steps, loss, CE and FSA (within `loss_tol`: rtol, atol) and
+    meta-gradient w.r.t. every factor (within `grad_tol`; each factor's nonzero).
+    Returns the plain steps drawn."""
+    plain = []
+    for _ in range(steps):
+        a, b = first.meta_loss(), second.meta_loss()
+        assert a.plain_steps == b.plain_steps
+        plain.append(a.plain_steps)
+        for field in ("loss", "ce", "fsa"):
+            rtol, atol = loss_tol
+            torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=rtol, atol=atol)
+        names = [name for name, _ in first.summary.named_parameters()]
+        for name, ga, gb in zip(
+            names,
+            torch.autograd.grad(a.loss, list(first.summary.parameters())),
+            torch.autograd.grad(b.loss, list(second.summary.parameters())),
+            strict=True,
+        ):
+            assert ga.abs().max() > 0, name
+            torch.testing.assert_close(gb, ga, rtol=grad_tol[0], atol=grad_tol[1])
+        first.outer_step()
+        second.outer_step()
+    return plain
 
 
 class _Apply(torch.nn.Module):

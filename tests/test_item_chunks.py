@@ -3,7 +3,13 @@ without [rows, items] tensors in the graph."""
 
 import pytest
 import torch
-from helpers_distill import NO_DROPOUT, WITH_DROPOUT, default_dtype, distiller
+from helpers_distill import (
+    NO_DROPOUT,
+    WITH_DROPOUT,
+    assert_same_meta_steps,
+    default_dtype,
+    distiller,
+)
 from torch.autograd import gradcheck, gradgradcheck
 
 from td3core.item_chunks import logsumexp_scores, softmax_mix
@@ -60,21 +66,9 @@ def test_chunked_meta_gradient_equals_the_dense_one(model, method, inner_steps, 
         dense = distiller(model, **settings)
         chunked = distiller(model, **settings, item_chunk=7)
         assert chunked._chunked and not dense._chunked
-        for _ in range(2):
-            a, b = dense.meta_loss(), chunked.meta_loss()
-            assert a.plain_steps == b.plain_steps
-            torch.testing.assert_close(a.loss, b.loss, rtol=1e-9, atol=1e-12)
-            factors = [name for name, _ in dense.summary.named_parameters()]
-            for name, ga, gb in zip(
-                factors,
-                torch.autograd.grad(a.loss, list(dense.summary.parameters())),
-                torch.autograd.grad(b.loss, list(chunked.summary.parameters())),
-                strict=True,
-            ):
-                assert ga.abs().max() > 0, name
-                torch.testing.assert_close(ga, gb, rtol=1e-7, atol=1e-12)
-            dense.outer_step()
-            chunked.outer_step()
+        assert_same_meta_steps(
+            dense, chunked, steps=2, loss_tol=(1e-9, 1e-12), grad_tol=(1e-7, 1e-12)
+        )
 
 
 def _widest_saved_item_dim(d) -> int:

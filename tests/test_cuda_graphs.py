@@ -1,0 +1,55 @@
+"""The ordinary inner steps replayed from CUDA graphs are the eager steps.
+
+The comparisons need a GPU (CI has none: they run where one is lent, see
+bench/gpu.sh); the refusal without one runs everywhere."""
+
+import pytest
+import torch
+from helpers_distill import NO_DROPOUT, WITH_DROPOUT, assert_same_meta_steps, distiller
+
+from td3core.errors import ConfigError
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_cuda_graphs_are_refused_without_a_cuda_device():
+    with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device"):
+        distiller(NO_DROPOUT, cuda_graphs=True)
+
+
+@needs_cuda
+def test_cuda_graphs_are_refused_for_the_reference_backend():
+    with pytest.raises(ConfigError, match="the func backend"):
+        distiller(NO_DROPOUT, device="cuda", cuda_graphs=True, backend="higher")
+
+
+@needs_cuda
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_graphed_ordinary_steps_give_the_eager_meta_gradient(objective):
+    # Without dropout the replays run the eager steps' kernels on the same values.
+    settings = dict(inner_steps=12, inner_objective=objective, device="cuda")
+    eager = distiller(NO_DROPOUT, **settings)
+    graphed = distiller(NO_DROPOUT, **settings, cuda_graphs=True)
+    # the first step builds the graphs, the later ones replay them
+    plain = assert_same_meta_steps(
+        eager, graphed, steps=3, loss_tol=(1e-5, 1e-7), grad_tol=(1e-4, 1e-7)
+    )
+    assert graphed._graphed is not None and any(plain)
+
+
+@needs_cuda
+def test_graphed_steps_with_dropout_are_seeded_and_resume_alike():
+    def run(stop_after: int | None) -> dict[str, torch.Tensor]:
+        d = distiller(WITH_DROPOUT, inner_steps=12, device="cuda", cuda_graphs=True)
+        d.run(stop_after=stop_after)
+        if stop_after is not None:  # continue in a new distiller (graphs built again)
+            d = distiller(
+                WITH_DROPOUT, inner_steps=12, device="cuda", cuda_graphs=True, state=d.state_bytes()
+            )
+            d.run()
+        return {k: v.detach().cpu() for k, v in d.summary.named_parameters()}
+
+    whole, resumed = run(None), run(2)
+    for name, value in whole.items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(value, resumed[name]), name
