@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of bench/README.md's speed section in one run (a lent GPU's time is short):
-# each benchmark in turn, each stopped at its share of a deadline, tables to OUT/tables.md,
-# progress and errors to OUT/log.txt, measurements to OUT/*.json.
+# the CUDA-only tests, then each benchmark in turn, each stopped at its share of a
+# deadline; tables to OUT/tables.md, progress and errors to OUT/log.txt, measurements to
+# OUT/*.json (at most 8 files come back from a device call: keep to these).
 #
 #   bench/gpu.sh OUT [DATA_ROOT] [SECONDS]      # DATA_ROOT default ../shared/data
 #   DEVICE=cpu bench/gpu.sh /tmp/out "" 60       # a dry run of the script itself
@@ -31,11 +32,13 @@ stage() {
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >>"$out/tables.md"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     >>"$out/tables.md" 2>&1
-stage engines 180 python3 bench/speed.py --device "$device" --steps 4 --json "$out/engines.json"
+stage cuda-tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graphs.py
+stage engines 180 python3 bench/speed.py --device "$device" --steps 4 --cuda-graphs \
+    --json "$out/engines.json"
 stage ml-1m 210 python3 bench/speed.py --device "$device" --end-to-end ml-1m --size 200x100 \
-    --time-limit 180 --data-root "$data" --json "$out/e2e-ml1m.json"
+    --cuda-graphs --time-limit 180 --data-root "$data" --json "$out/e2e-ml1m.json"
 stage items 120 python3 bench/speed.py --device "$device" --sweep items --steps 3 \
     --json "$out/items.json"
 stage magazine 100 python3 bench/speed.py --device "$device" --end-to-end magazine \
-    --time-limit 90 --data-root "$data" --json "$out/e2e-magazine.json"
+    --cuda-graphs --time-limit 90 --data-root "$data" --json "$out/e2e-magazine.json"
 cat "$out/tables.md"

@@ -77,6 +77,7 @@ class Case:
     real_batch: int = 1024
     synthetic_batch: int = 20
     item_chunk: int = DistillConfig.model_fields["item_chunk"].default
+    real_chunk: int = DistillConfig.model_fields["real_chunk"].default
     engines: tuple[str, ...] = ("func",)
 
     def distill_config(self, engine: str) -> DistillConfig:
@@ -88,6 +89,7 @@ class Case:
             real_batch=self.real_batch,
             synthetic_batch=self.synthetic_batch,
             item_chunk=self.item_chunk,
+            real_chunk=self.real_chunk,
             epochs=1000,  # never reached: we time single outer steps
             backend=engine,
             # The start does not change an outer step's cost, and the real start's fit
@@ -100,7 +102,19 @@ MAGAZINE = Case("magazine-shape", users=665, items=848, mean_length=7, mu=30, ze
 ML100K = Case(
     "ml-100k-shape", users=943, items=1349, mean_length=105, mu=50, zeta=50, real_batch=4096
 )
+# ML-1M at the issue's size [200x100] with the authors' batches (real 32,768, synthetic 25)
+ML1M = Case(
+    "ml-1m-shape",
+    users=6040,
+    items=3416,
+    mean_length=163,
+    mu=200,
+    zeta=100,
+    real_batch=32768,
+    synthetic_batch=25,
+)
 ENGINES = ("func", "higher")
+GRAPHS = "func+graphs"  # the fast engine with its ordinary steps in CUDA graphs (GPU only)
 # Catalogue sweeps: short inner loops (10 steps, window 5) so 1M items stays minutes on a
 # CPU; above `item_chunk` items (default 16,384) the distillation reads items in chunks.
 LARGE = dataclasses.replace(MAGAZINE, inner_steps=10, window=5)
@@ -128,6 +142,9 @@ SWEEPS: dict[str, list[Case]] = {
         for mu, zeta in ((30, 20), (50, 50), (200, 50), (200, 100))
     ],
     "window": [dataclasses.replace(MAGAZINE, name=f"W={w}", window=w) for w in (10, 20, 40, 80)],
+    "real-chunk": [
+        dataclasses.replace(ML1M, name=f"real chunk {c}", real_chunk=c) for c in (32768, 8192, 2048)
+    ],
     "real-batch": [
         dataclasses.replace(ML100K, name=f"real batch {b}", real_batch=b)
         for b in (256, 1024, 4096, 16384)
@@ -272,7 +289,13 @@ def measure(
         engine: baseline_distiller(baseline, case, split, teacher, device)
         if engine == "baseline" and baseline
         else Distiller(
-            case.distill_config(engine), split, teacher, MODEL, select=lambda s: 0.0, device=dev
+            case.distill_config("func" if engine == GRAPHS else engine),
+            split,
+            teacher,
+            MODEL,
+            select=lambda s: 0.0,
+            device=dev,
+            cuda_graphs=engine == GRAPHS,
         )
         for engine in case.engines
     }
@@ -368,6 +391,7 @@ def end_to_end(
     data_root: Path,
     size: tuple[int, int] | None = None,
     time_limit: float | None = None,
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """Teacher + `epochs` epochs of distillation (with the per-epoch selection) on the
     real file, with the authors' batches (docs/METHOD.md §1) and the library defaults.
@@ -419,7 +443,9 @@ def end_to_end(
             )
 
     mark = time.perf_counter()
-    distiller = Distiller(distill, split, teacher, job.model, select=select, device=device)
+    distiller = Distiller(
+        distill, split, teacher, job.model, select=select, device=device, cuda_graphs=cuda_graphs
+    )
     best: float | None = None
     try:
         best = distiller.run(
@@ -439,6 +465,7 @@ def end_to_end(
         "dataset": name,
         "size": [mu, zeta],
         "device": device,
+        "cuda_graphs": cuda_graphs,
         "threads": threads,
         "epochs": epochs,
         "outer_steps": distiller.total_steps,
@@ -465,7 +492,8 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
     lines = [
         f"### {title}",
         "",
-        "| case | engine | items (chunk) | mu x zeta | inner / W | real batch | mean plain steps "
+        "| case | engine | items (chunk) | mu x zeta | inner / W | real batch (chunk) "
+        "| mean plain steps "
         "| outer step, wall (s) | outer step, CPU (s) | per inner step, all in (ms) "
         "| peak memory (MB) | this / func (wall; CPU); relative meta-gradient gap (float64) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -478,7 +506,7 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
             continue
         case, engines = row["case"], row["engines"]
         ratios = {}
-        for other in ("higher", "baseline"):
+        for other in ("higher", "baseline", GRAPHS):
             if "func" in engines and other in engines:
                 func, them = engines["func"], engines[other]
                 per_step = np.array(them["outer_s"]) / np.array(func["outer_s"])
@@ -496,6 +524,7 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
                 f"| {case['name']} | {engine} | {row['n_items']} ({chunk}) "
                 f"| {case['mu']}x{case['zeta']} "
                 f"| {case['inner_steps']} / {case['window']} | {case['real_batch']} "
+                f"({min(case['real_chunk'], case['real_batch'])}) "
                 f"| {np.mean(row['plain_steps']):.0f} | {e['outer_mean_s']:.3f} "
                 f"| {e['outer_cpu_mean_s']:.3f} | {e['inner_step_ms']:.2f} "
                 f"| {memory.get('peak_memory_mb', float('nan')):.0f} "
@@ -516,7 +545,8 @@ def end_to_end_table(row: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"### End to end: {row['dataset']} [{mu}x{zeta}] ({row['epochs']} epochs, {done}, "
-            f"{row['device']}, {row['threads']} thread(s))",
+            f"{row['device']}{', CUDA graphs' if row['cuda_graphs'] else ''}, "
+            f"{row['threads']} thread(s))",
             "",
             "| data | teacher | distillation (of which selection) | total | per outer step "
             "| peak memory: data and teacher / distillation "
@@ -562,6 +592,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help=f"engines sweep: also time {GRAPHS!r}, the ordinary steps replayed from CUDA "
+        "graphs; end to end: distil with them",
+    )
     p.add_argument("--json", type=Path, help="write the measurements here")
     p.add_argument(
         "--baseline",
@@ -585,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data_root,
             size=args.size,
             time_limit=args.time_limit,
+            cuda_graphs=args.cuda_graphs,
         )
         report["end_to_end"] = row
         print(end_to_end_table(row))
@@ -600,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] {sweep}: {case.name}", file=sys.stderr)
                 if baseline and sweep == "engines":
                     case = dataclasses.replace(case, engines=(*case.engines, "baseline"))
+                if args.cuda_graphs and sweep == "engines":
+                    case = dataclasses.replace(case, engines=(*case.engines, GRAPHS))
                 row = in_child(measure, case, args.steps, args.device, args.threads, baseline)
                 # Memory per engine: each alone in a child (CPU peak RSS only grows).
                 row["memory"] = {}
