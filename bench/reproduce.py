@@ -140,7 +140,6 @@ DATASETS: dict[str, DatasetSpec] = {
         # the 5-core file (the full ratings.dat is not available; docs in shared/data)
         path="ml-1m/ml-1m.5core.tsv.gz",
         fmt="tsv",
-        reader={"user_col": "User_id"},
         users=200,
         length=100,
         paper={
