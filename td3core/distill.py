@@ -486,7 +486,10 @@ class Distiller:
             fused=True,
         )
         optimizer.state[theta] = {
-            "step": torch.tensor(float(step), device=theta.device),
+            # float32 whatever the parameters' dtype, as torch's fused Adam makes it: its
+            # CUDA kernel reads the step through a float pointer, so a float64 step reads
+            # as 0 and the bias correction divides by zero (the GPU check's NaN in float64)
+            "step": torch.tensor(float(step), device=theta.device, dtype=torch.float32),
             "exp_avg": exp_avg,
             "exp_avg_sq": exp_avg_sq,
         }
