@@ -32,7 +32,7 @@ stage() {
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >>"$out/tables.md"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     >>"$out/tables.md" 2>&1
-stage cuda-tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graphs.py
+stage cuda-tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
 stage engines 180 python3 bench/speed.py --device "$device" --steps 4 --cuda-graphs \
     --json "$out/engines.json"
 stage ml-1m 210 python3 bench/speed.py --device "$device" --end-to-end ml-1m --size 200x100 \

@@ -13,7 +13,7 @@ Before the steps the caller's values are copied in, after them copied out: the s
 steps as `Distiller._plain_steps`, the same kernels in the same order. The differentiable
 window stays eager (its graph must reach the factors).
 
-CUDA only; `tests/test_cuda_graphs.py` checks it against the eager steps where a GPU is
+CUDA only; `tests/test_cuda.py` checks it against the eager steps where a GPU is
 present. Not used unless asked for (`Distiller(..., cuda_graphs=True)`).
 """
 
