@@ -145,6 +145,10 @@ SWEEPS: dict[str, list[Case]] = {
     "real-chunk": [
         dataclasses.replace(ML1M, name=f"real chunk {c}", real_chunk=c) for c in (32768, 8192, 2048)
     ],
+    "real-chunk-ml100k": [
+        dataclasses.replace(ML100K, name=f"real chunk {c}", real_chunk=c)
+        for c in (4096, 2048, 1024)
+    ],
     "real-batch": [
         dataclasses.replace(ML100K, name=f"real batch {b}", real_batch=b)
         for b in (256, 1024, 4096, 16384)
