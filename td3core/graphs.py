@@ -1,8 +1,8 @@
 """The distillation's ordinary inner steps replayed from CUDA graphs (experimental).
 
-On a GPU an inner step of the paper's small learner is a few hundred kernels on tensors
-of a few thousand elements, and eager PyTorch spends its time launching them, not in
-them: one H200 took about 4.7 ms per step whatever the problem's size
+On a GPU an inner step of the paper's small learner is many small kernels on tensors of
+a few thousand elements, and eager PyTorch spends its time launching them, not in them:
+one H200 took about 4.7 ms per ordinary step whatever the problem's size
 (bench/README.md, "On one H200"). A CUDA graph records one step's kernels once and
 replays them with a single launch.
 
