@@ -9,7 +9,6 @@
 set -u
 out=${1:?usage: bench/gpu.sh OUT [DATA_ROOT] [SECONDS]}
 data=${2:-../shared/data}
-data=${data:-../shared/data}
 deadline=$((SECONDS + ${3:-540}))
 device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
@@ -21,7 +20,7 @@ stage() {
     shift 2
     ((left < cap)) && cap=$left
     if ((cap < 20)); then
-        echo "== $name: skipped, the deadline is near" | tee -a "$out/tables.md"
+        echo "== $name: skipped, the deadline is near" >>"$out/tables.md"
         return
     fi
     echo "== $name (at most ${cap} s, started $(date +%T))" | tee -a "$out/tables.md" >>"$out/log.txt"

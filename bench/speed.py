@@ -281,10 +281,17 @@ def baseline_distiller(folder: str, case: Case, split: Split, teacher: Teacher, 
 
 
 def measure(
-    case: Case, steps: int, device: str, threads: int, baseline: str | None = None
+    case: Case,
+    steps: int,
+    device: str,
+    threads: int,
+    baseline: str | None = None,
+    checks: bool = True,
 ) -> dict[str, Any]:
     """Runs in a child: time `steps` outer steps of each engine (alternating).
-    Engine "baseline" is the previous code's default engine, exported to `baseline`."""
+    Engine "baseline" is the previous code's default engine, exported to `baseline`.
+    `checks`: also list the host syncs (CUDA) and compare the engines' meta-gradients
+    (off in the children that only measure one engine's memory)."""
     torch.set_num_threads(threads)
     split, negatives = synthetic_split(case)
     teacher = quick_teacher(split, negatives, device)
@@ -343,9 +350,9 @@ def measure(
         }
     out["peak_memory_mb"] = peak_memory_mb(dev)
     out["memory_before_distill_mb"] = before
-    if dev.type == "cuda":
+    if checks and dev.type == "cuda":
         out["host_syncs"] = host_syncs(next(iter(distillers.values())))
-    if set(ENGINES) <= set(case.engines):  # after the peak: the check is not timed
+    if checks and set(ENGINES) <= set(case.engines):  # after the peak: not timed
         del distillers
         out["meta_gradient_gap"] = meta_gradient_gap(case, split, negatives, device)
     return out
@@ -653,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 for engine in case.engines if len(case.engines) > 1 else ():
                     alone = dataclasses.replace(case, engines=(engine,))
-                    m = in_child(measure, alone, 1, args.device, args.threads, baseline)
+                    m = in_child(measure, alone, 1, args.device, args.threads, baseline, False)
                     row["memory"][engine] = {
                         "peak_memory_mb": m["peak_memory_mb"],
                         "distill_mb": m["peak_memory_mb"] - m["memory_before_distill_mb"],

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ class Distiller:
         # Kept on the host, each outer step moving its real batch: the whole training
         # set on a GPU (ML-1M: 981k histories of 99 ids) would hold 0.8 GB of it.
         self.train = split.train
-        self.teacher_features = teacher.features(split.train).to(self.device)  # [N, H], cached
+        self.teacher_features = teacher.features(split.train).cpu()  # [N, H], cached, likewise
         self.model_config = model_config
         self._chunked = split.n_items > config.item_chunk
         if cuda_graphs and (
@@ -455,8 +456,9 @@ class Distiller:
         moments in one kernel, so a step builds no graph beyond the loss's own."""
         cfg = self.config
         if self._cuda_graphs:  # the same steps, replayed (td3core.graphs)
-            with torch.no_grad():  # every batch (each graph reads one), whole (the rule)
-                dense = [SoftSequences.of(self.summary.probs(u)) for u in self.synthetic_batches]
+            with torch.no_grad():  # every batch: each graph reads one (whole: the rule)
+                batches = self._batch_probs(len(self.synthetic_batches))
+            dense = cast(list[SoftSequences], batches)
             positions = self._alt_positions(count, gen)
             if self._graphed is None:
                 alt = cfg.alt and not self._everywhere
@@ -613,7 +615,7 @@ class Distiller:
             )
         else:
             ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
-        fsa = F.mse_loss(features, self.teacher_features[index.to(self.device)])
+        fsa = F.mse_loss(features, self.teacher_features[index].to(self.device))
         return ce, fsa
 
     def _end_epoch(self) -> None:

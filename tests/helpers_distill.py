@@ -111,12 +111,12 @@ def assert_same_meta_steps(
     meta-gradient w.r.t. every factor (within `grad_tol`; each factor's nonzero).
     Returns the plain steps drawn."""
     plain = []
+    rtol, atol = loss_tol
     for _ in range(steps):
         a, b = first.meta_loss(), second.meta_loss()
         assert a.plain_steps == b.plain_steps
         plain.append(a.plain_steps)
         for field in ("loss", "ce", "fsa"):
-            rtol, atol = loss_tol
             torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=rtol, atol=atol)
         names = [name for name, _ in first.summary.named_parameters()]
         for name, ga, gb in zip(
