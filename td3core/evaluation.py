@@ -149,15 +149,18 @@ def evaluate(
             for start in range(0, len(samples), batch_size):
                 index = torch.arange(start, min(start + batch_size, len(samples)))
                 batch = samples.select(index)
+                # Ranked where they were scored: only ranks leave the device (a batch's
+                # scores over a million items would be 2 GB to copy).
                 scores = model.score_all(batch.history.to(device), batch.lengths.to(device))
-                scores = scores.float().cpu()  # [B, n_items+1]
-                target = scores.gather(1, batch.targets.cpu().unsqueeze(1)).squeeze(1)  # [B]
+                scores = scores.float()  # [B, n_items+1]
+                targets = batch.targets.to(device).unsqueeze(1)
+                target = scores.gather(1, targets).squeeze(1)  # [B]
                 if negatives is not None:
-                    neg = negatives[index].cpu()  # [B, n]
-                    uni.append(ranks_from_scores(target, scores.gather(1, neg), neg > 0))
+                    neg = negatives[index].to(device)  # [B, n]
+                    uni.append(ranks_from_scores(target, scores.gather(1, neg), neg > 0).cpu())
                 if full_ranking:
-                    mask = _prefix_mask(batch, split.sequences, split.n_items)
-                    full.append(ranks_from_scores(target, scores, mask))
+                    mask = _prefix_mask(batch, split.sequences, split.n_items).to(device)
+                    full.append(ranks_from_scores(target, scores, mask).cpu())
     finally:
         model.train(was_training)
     out: dict[str, dict[str, float]] = {}
