@@ -27,21 +27,23 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from td3core.config import DistillConfig, ModelConfig, TrainConfig
 from td3core.data.samples import Split
 from td3core.data.sampling import packed_rows
 from td3core.errors import Cancelled, ConfigError, DataError
-from td3core.graphs import GraphedPlainSteps
+from td3core.graphs import GraphedFunction, GraphedPlainSteps
 from td3core.inner import (
     BoundLearner,
     ChunkedSoftSequences,
@@ -102,6 +104,102 @@ class MetaLoss:
 
 
 SelectFn = Callable[[Summary], float]
+
+
+class WindowStart(NamedTuple):
+    """Where the W differentiable inner steps start: the learner and the Adam moments
+    after the ordinary steps (flat buffers) and the steps taken."""
+
+    theta: Tensor  # [P]
+    exp_avg: Tensor  # [P]
+    exp_avg_sq: Tensor  # [P]
+    step: int | Tensor  # a 0-d tensor where a replayed graph reads it from the device
+
+
+class RealPart(NamedTuple):
+    """Real samples on the device for the outer loss, with their teacher features."""
+
+    history: Tensor  # [R, L]
+    lengths: Tensor  # [R]
+    targets: Tensor  # [R]
+    teacher_features: Tensor  # [R, H]
+
+
+class WindowInputs(NamedTuple):
+    start: WindowStart
+    positions: list[Tensor | None]  # ALT target positions of each window step
+    parts: list[RealPart]
+
+
+@contextmanager
+def parameters_replaced(module: nn.Module, tensors: dict[str, Tensor]) -> Iterator[None]:
+    """`module`'s own (top-level) parameters read as `tensors` inside the block."""
+    saved = {name: module._parameters[name] for name in tensors}
+    module._parameters.update(tensors)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        module._parameters.update(saved)
+
+
+class WindowReplay:
+    """The window and the outer objective as one replayed CUDA graph
+    (`GraphedFunction`) for outer steps with a whole real batch: the inputs are
+    copied into static buffers, then `outputs(inputs)` replays. A step's tensors
+    differ only in values (the ordinary steps' count varies, so Adam's step count
+    is a device scalar here). With `capture` off, the same code runs eagerly."""
+
+    def __init__(
+        self,
+        outputs: Callable[[WindowInputs], list[Tensor]],
+        *,
+        real_batch: int,
+        capture: bool,
+    ):
+        self.outputs = outputs
+        self.real_batch = real_batch
+        self.capture = capture
+        self.inputs: WindowInputs | None = None
+        self.graph: GraphedFunction | None = None
+
+    def fits(self, parts: list[RealPart]) -> bool:
+        """Only whole real batches replay (an epoch's last, smaller one runs eagerly)."""
+        return sum(len(part.targets) for part in parts) == self.real_batch
+
+    def __call__(
+        self, start: WindowStart, positions: list[Tensor | None], parts: list[RealPart]
+    ) -> list[Tensor]:
+        if self.inputs is None:
+            theta = start.theta.detach().clone()
+            step = torch.tensor(float(start.step), dtype=theta.dtype, device=theta.device)
+            self.inputs = WindowInputs(
+                WindowStart(theta, start.exp_avg.clone(), start.exp_avg_sq.clone(), step),
+                [None if p is None else p.clone() for p in positions],
+                [RealPart(*(t.clone() for t in part)) for part in parts],
+            )
+            inputs = self.inputs
+            self.graph = GraphedFunction(lambda: self.outputs(inputs), capture=self.capture)
+        else:
+            with torch.no_grad():
+                self._refill(start, positions, parts)
+        assert self.graph is not None
+        return self.graph()
+
+    def _refill(
+        self, start: WindowStart, positions: list[Tensor | None], parts: list[RealPart]
+    ) -> None:
+        assert self.inputs is not None
+        static = self.inputs.start
+        for mine, theirs in zip(static[:3], start[:3], strict=True):
+            mine.copy_(theirs)
+        assert isinstance(static.step, Tensor)
+        static.step.fill_(float(start.step))  # a kernel argument: no synchronisation
+        for static_positions, found in zip(self.inputs.positions, positions, strict=True):
+            if static_positions is not None and found is not None:
+                static_positions.copy_(found)
+        for part, given in zip(self.inputs.parts, parts, strict=True):
+            for mine, theirs in zip(part, given, strict=True):
+                mine.copy_(theirs)
 
 
 def seed_for(*parts: int) -> int:
@@ -166,6 +264,11 @@ class Distiller:
             )
         self._cuda_graphs = cuda_graphs
         self._graphed: GraphedPlainSteps | None = None  # built at the first ordinary steps
+        self._window_graph = (
+            WindowReplay(self._window_outputs, real_batch=config.real_batch, capture=True)
+            if cuda_graphs
+            else None
+        )
         self._everywhere = config.inner_objective == "kl-all"  # every cell a target
         # Dropout stays on in the inner loop (and in the outer loss, as in the authors' code).
         self.learner = BoundLearner(self._new_model())
@@ -300,9 +403,11 @@ class Distiller:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         meta = self.meta_loss()
-        meta.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.summary.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        with record_function("td3.meta_backward"):
+            meta.loss.backward()
+        with record_function("td3.summary_update"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.summary.parameters(), cfg.grad_clip)
+            self.optimizer.step()
         self.scheduler.step()
         if cfg.learner_draw == "epoch":
             assert meta.carry is not None  # the config refuses the reference backend here
@@ -333,8 +438,18 @@ class Distiller:
             carry: Params | None = None
             if self._reference is None:
                 # a fresh inner Adam every outer step, also where the learner is carried
-                params, carry = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
-                loss, ce, fsa = self._outer_objective(params, real)
+                start = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
+                carry = self.learner.layout.views(start.theta)
+                positions = self._alt_positions(cfg.window, gen)
+                parts = self._real_parts(real)
+                if self._window_graph is not None and self._window_graph.fits(parts):
+                    loss, ce, fsa = self._replayed_window(start, positions, parts)
+                else:
+                    start.theta.requires_grad_(True)  # a leaf: the window starts detached
+                    with record_function("td3.window"):
+                        params = self._window(start, positions)
+                    with record_function("td3.outer_objective"):
+                        loss, ce, fsa = self._outer_objective(params, parts)
             else:  # learner_draw="step" (the config's rule)
                 params, ce, fsa = self._reference_meta(params, plain, gen, real)
                 loss = self._combine(ce, fsa)
@@ -411,22 +526,24 @@ class Distiller:
 
     def _inner_loop(
         self, params: Params, adam: AdamState, plain: int, gen: torch.Generator
-    ) -> tuple[Params, Params]:
-        """`plain` ordinary inner steps, then the W differentiable ones continuing the
-        (detached) Adam moments; the synthetic batches restart at batch 0 in the
-        window, as in the authors' code. Parameters and moments live in flat buffers.
-        Returns the learner after the window and (detached) after the ordinary steps."""
+    ) -> WindowStart:
+        """`plain` ordinary inner steps from `params` and `adam`, in flat buffers: where
+        the W differentiable steps start (with the detached Adam moments)."""
         layout = self.learner.layout
         theta = layout.flatten(params).detach()  # [P], a copy this loop owns
         exp_avg, exp_avg_sq = (t.detach() for t in layout.flatten_state(adam))
         if plain:
-            self._plain_steps(theta, exp_avg, exp_avg_sq, adam.step, plain, gen)
-        step = adam.step + plain
-        after_plain = layout.views(theta.detach())  # the window builds new tensors
-        # The window: every step a function of the previous one, graph kept.
-        theta = theta.requires_grad_(True)  # a leaf: the window starts detached
+            with record_function("td3.plain_steps"):
+                self._plain_steps(theta, exp_avg, exp_avg_sq, adam.step, plain, gen)
+        return WindowStart(theta, exp_avg, exp_avg_sq, adam.step + plain)
+
+    def _window(self, start: WindowStart, positions: list[Tensor | None]) -> Params:
+        """The W differentiable steps, each a function of the previous one (graph
+        kept); the synthetic batches restart at batch 0, as in the authors' code.
+        `start.theta` must require grad. Returns the learner after the window."""
+        layout = self.learner.layout
+        theta, exp_avg, exp_avg_sq = start.theta, start.exp_avg, start.exp_avg_sq
         batches = self._batch_probs(self.config.window)
-        positions = self._alt_positions(self.config.window, gen)
         for t in range(self.config.window):
             loss = inner_loss(
                 self.learner(layout.views(theta)),
@@ -435,9 +552,45 @@ class Distiller:
                 everywhere=self._everywhere,
             )
             (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-            step += 1
-            theta, exp_avg, exp_avg_sq = self._adam(theta, grad, exp_avg, exp_avg_sq, step)
-        return layout.views(theta), after_plain
+            theta, exp_avg, exp_avg_sq = self._adam(
+                theta, grad, exp_avg, exp_avg_sq, start.step + (t + 1)
+            )
+        return layout.views(theta)
+
+    def _replayed_window(
+        self, start: WindowStart, positions: list[Tensor | None], parts: list[RealPart]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The window, the outer objective and its gradient w.r.t. the factors,
+        replayed from one CUDA graph (td3core.graphs). Returns (loss, ce, fsa), the
+        loss a surrogate with the exact value and gradient w.r.t. the factors."""
+        assert self._window_graph is not None
+        with record_function("td3.window_replayed"):
+            outputs = self._window_graph(start, positions, parts)
+            loss, ce, fsa, *grads = (
+                out.clone() for out in outputs
+            )  # the next replay rewrites them
+        factors = list(self.summary.parameters())
+        linear = torch.stack([(g * f).sum() for g, f in zip(grads, factors, strict=True)]).sum()
+        return loss + linear - linear.detach(), ce, fsa
+
+    def _window_outputs(self, inputs: WindowInputs) -> list[Tensor]:
+        """What the replayed window computes from its static inputs: the outer loss,
+        CE, FSA and the loss's gradient w.r.t. each factor.
+
+        It differentiates w.r.t. fresh leaves sharing the factors' and the learner's
+        memory, made in this call: autograd ties a leaf's gradient to the stream
+        current where the leaf was first used, and a factor first used by an eager
+        step (an epoch's last, smaller batch) would tie the capture to the default
+        stream, which a capture refuses."""
+        start = inputs.start._replace(theta=inputs.start.theta.detach().requires_grad_(True))
+        factors = {
+            name: p.detach().requires_grad_(True) for name, p in self.summary.named_parameters()
+        }
+        with parameters_replaced(self.summary, factors):
+            params = self._window(start, inputs.positions)
+        loss, ce, fsa = self._outer_objective(params, inputs.parts)
+        grads = torch.autograd.grad(loss, list(factors.values()))
+        return [loss.detach(), ce.detach(), fsa.detach(), *grads]
 
     def _plain_steps(
         self,
@@ -506,7 +659,7 @@ class Distiller:
         theta.grad = None
 
     def _adam(
-        self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int
+        self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int | Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         cfg = self.config
         return adam_update(
@@ -554,26 +707,42 @@ class Distiller:
                 return kl_all_loss(m, probs)
             return summary_loss(m, probs, alt=cfg.alt, generator=gen)
 
-        with torch.no_grad():
-            batches = self._dense_probs(plain)
-        for t in range(plain):
-            optimizer.zero_grad(set_to_none=True)
-            loss(model, batches[t % len(batches)]).backward()
-            optimizer.step()
+        with record_function("td3.plain_steps"):
+            with torch.no_grad():
+                batches = self._dense_probs(plain)
+            for t in range(plain):
+                optimizer.zero_grad(set_to_none=True)
+                loss(model, batches[t % len(batches)]).backward()
+                optimizer.step()
         with higher.innerloop_ctx(self._reference, optimizer, copy_initial_weights=True) as (
             fmodel,
             diffopt,
         ):
-            batches = self._dense_probs(cfg.window)
-            for t in range(cfg.window):
-                probs = batches[t % len(batches)]
-                diffopt.step(fmodel(lambda m, p=probs: loss(m, p)))
-            ce, fsa = fmodel(lambda m: torch.stack(self._outer_loss(m, real, fast=False)))
+            with record_function("td3.window"):
+                batches = self._dense_probs(cfg.window)
+                for t in range(cfg.window):
+                    probs = batches[t % len(batches)]
+                    diffopt.step(fmodel(lambda m, p=probs: loss(m, p)))
+            with record_function("td3.outer_objective"):
+                whole = self._real_part(real)
+                ce, fsa = fmodel(lambda m: torch.stack(self._outer_loss(m, whole, fast=False)))
             final = dict(zip(self.param_names, fmodel.parameters(), strict=True))
         return final, ce, fsa
 
-    def _outer_objective(self, params: Params, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(loss, ce, fsa) of the learner `params` on the real samples `real`.
+    def _real_parts(self, real: Tensor) -> list[RealPart]:
+        """The real samples `real` on the device with their teacher features, in
+        chunks of at most `real_chunk`."""
+        return [self._real_part(part) for part in real.split(self.config.real_chunk)]
+
+    def _real_part(self, index: Tensor) -> RealPart:
+        batch = self.train.select(index).to(self.device)
+        features = self.teacher_features[index].to(self.device)
+        return RealPart(batch.history, batch.lengths, batch.targets, features)
+
+    def _outer_objective(
+        self, params: Params, parts: list[RealPart]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(loss, ce, fsa) of the learner `params` on the real samples `parts`.
 
         A batch of more than `real_chunk` samples is read a chunk at a time, each
         chunk's forward and backward to `params` at once, so one chunk's activations
@@ -581,16 +750,16 @@ class Distiller:
         99 items holds gigabytes). The loss returned is then a surrogate with the exact
         value and the exact first derivatives w.r.t. `params`, hence w.r.t. the factors:
         L + g . params - (g . params).detach(), g = dL/dparams summed over the chunks."""
-        chunk = self.config.real_chunk
-        if len(real) <= chunk:
-            ce, fsa = self._outer_loss(self.learner(params), real, fast=True)
+        if len(parts) == 1:
+            ce, fsa = self._outer_loss(self.learner(params), parts[0], fast=True)
             return self._combine(ce, fsa), ce, fsa
         leaves = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         model = self.learner(leaves)
         grads = {name: torch.zeros_like(p) for name, p in leaves.items()}
         ce = fsa = torch.zeros((), device=self.device)
-        for part in real.split(chunk):
-            share = len(part) / len(real)  # chunk means -> the batch mean
+        total = sum(len(part.targets) for part in parts)
+        for part in parts:
+            share = len(part.targets) / total  # chunk means -> the batch mean
             part_ce, part_fsa = self._outer_loss(model, part, fast=True)
             found = torch.autograd.grad(
                 self._combine(part_ce, part_fsa) * share, list(leaves.values()), allow_unused=True
@@ -602,20 +771,19 @@ class Distiller:
         linear = torch.stack([(params[name] * grads[name]).sum() for name in params]).sum()
         return self._combine(ce, fsa) + linear - linear.detach(), ce, fsa
 
-    def _outer_loss(self, model: SASRec, index: Tensor, *, fast: bool) -> tuple[Tensor, Tensor]:
-        """CE of the next item + FSA on the real samples `index`. fast: the outer
+    def _outer_loss(self, model: SASRec, part: RealPart, *, fast: bool) -> tuple[Tensor, Tensor]:
+        """CE of the next item + FSA on the real samples `part`. fast: the outer
         loss reads one position per sample, so the last block runs there alone, and
         a catalogue larger than `item_chunk` is read in chunks."""
-        batch = self.train.select(index).to(self.device)
-        features = model.last_features(batch.history, batch.lengths, last_only=fast)  # [B, H]
+        features = model.last_features(part.history, part.lengths, last_only=fast)  # [B, H]
         if fast and self._chunked:
             table = model.item_embedding.weight[1:]
             ce = soft_cross_entropy(
-                features, table, table[batch.targets - 1], self.config.item_chunk
+                features, table, table[part.targets - 1], self.config.item_chunk
             )
         else:
-            ce = F.cross_entropy(model.logits(features)[:, 1:], batch.targets - 1)
-        fsa = F.mse_loss(features, self.teacher_features[index].to(self.device))
+            ce = F.cross_entropy(model.logits(features)[:, 1:], part.targets - 1)
+        fsa = F.mse_loss(features, part.teacher_features)
         return ce, fsa
 
     def _end_epoch(self) -> None:

@@ -1,23 +1,28 @@
-"""The distillation's ordinary inner steps replayed from CUDA graphs (experimental).
+"""The distillation's inner loop replayed from CUDA graphs (opt-in).
 
 On a GPU an inner step of the paper's small learner is many small kernels on tensors of
 a few thousand elements, and eager PyTorch spends its time launching them, not in them:
-one H200 took about 4.7 ms per ordinary step whatever the problem's size
-(bench/README.md, "On one H200"). A CUDA graph records one step's kernels once and
-replays them with a single launch.
+one H200 took about 4.7 ms per ordinary step whatever the problem's size, and an outer
+step of the ML-1M shape ran about 33,700 device operations, busy for 132 ms of a
+profiled 1.29 s (bench/README.md, "On one H200"). A CUDA graph records the kernels once and replays them
+with a single launch.
 
-One graph per synthetic batch (the steps cycle through them in a fixed order), all
-reading and writing static buffers: the learner's flat parameters, its flat gradient,
-Adam's moments and step count, the batches' soft sequences and the ALT positions.
-Before the steps the caller's values are copied in, after them copied out: the same
-steps as `Distiller._plain_steps`, the same kernels in the same order. The differentiable
-window stays eager (its graph must reach the factors).
+Two kinds of graph, both reading and writing static buffers that the caller fills:
+- `GraphedPlainSteps`: one graph per synthetic batch for the ordinary steps (the steps
+  cycle through the batches in a fixed order): the learner's flat parameters and
+  gradient, Adam's moments and step count, the batches' soft sequences, the ALT
+  positions. The same steps as `Distiller._plain_steps`, the same kernels in order.
+- `GraphedFunction`: any function of static inputs, replayed whole; the distiller uses
+  it for the W differentiable steps, the outer objective and its gradient w.r.t. the
+  summary's factors (`distill.WindowReplay`).
 
-CUDA only; `tests/test_cuda.py` checks it against the eager steps where a GPU is
+CUDA only; `tests/test_cuda.py` checks them against the eager steps where a GPU is
 present. Not used unless asked for (`Distiller(..., cuda_graphs=True)`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -139,3 +144,37 @@ class GraphedPlainSteps:
                     self._step(k)
                 pool = graph.pool()
                 self.graphs.append(graph)
+
+
+class GraphedFunction:
+    """`fn()` replayed from one CUDA graph (`capture`), else simply called.
+
+    `fn` must read only tensors that outlive it (static inputs, which the caller
+    refills between calls) and must not write to them; it returns tensors, which
+    every replay rewrites in place. The first call warms up on a side stream and
+    captures; like `GraphedPlainSteps`, it forks the RNG so that capturing leaves
+    no trace in the draws."""
+
+    def __init__(self, fn: Callable[[], list[Tensor]], *, capture: bool):
+        self.fn = fn
+        self.capture = capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: list[Tensor] = []
+
+    def __call__(self) -> list[Tensor]:
+        if not self.capture:
+            return self.fn()
+        if self.graph is None:
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_STEPS):
+                        self.fn()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.outputs = self.fn()
+            self.graph = graph
+        self.graph.replay()
+        return self.outputs

@@ -74,18 +74,18 @@ def _sqrt_zero_safe(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Hyper:
-    step: int
+    step: int | torch.Tensor
     lr: float
     betas: tuple[float, float]
     eps: float
     weight_decay: float
 
     @property
-    def bias1(self) -> float:
+    def bias1(self) -> float | torch.Tensor:
         return 1 - self.betas[0] ** self.step
 
     @property
-    def bias2_sqrt(self) -> float:
+    def bias2_sqrt(self) -> float | torch.Tensor:
         return (1 - self.betas[1] ** self.step) ** 0.5
 
 
@@ -149,7 +149,7 @@ def adam_update(
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     *,
-    step: int,
+    step: int | torch.Tensor,
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
@@ -157,7 +157,8 @@ def adam_update(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam step number `step` (from 1) on one tensor: (param, exp_avg, exp_avg_sq),
     all new tensors. Differentiable once w.r.t. all four tensors (one autograd
-    node). `step` is a Python int, so nothing waits for the device."""
+    node). `step`: a Python int, so nothing waits for the device, or a 0-d tensor
+    in the parameters' dtype (a replayed CUDA graph reads it from the device)."""
     h = _Hyper(step, lr, betas, eps, weight_decay)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (param, grad, exp_avg, exp_avg_sq)):
         return _AdamUpdate.apply(param, grad, exp_avg, exp_avg_sq, h)

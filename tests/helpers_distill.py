@@ -117,7 +117,9 @@ def assert_same_meta_steps(
         assert a.plain_steps == b.plain_steps
         plain.append(a.plain_steps)
         for field in ("loss", "ce", "fsa"):
-            torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=rtol, atol=atol)
+            torch.testing.assert_close(  # on the host: the two may run on different devices
+                getattr(b, field).cpu(), getattr(a, field).cpu(), rtol=rtol, atol=atol
+            )
         names = [name for name, _ in first.summary.named_parameters()]
         for name, ga, gb in zip(
             names,
@@ -126,7 +128,7 @@ def assert_same_meta_steps(
             strict=True,
         ):
             assert ga.abs().max() > 0, name
-            torch.testing.assert_close(gb, ga, rtol=grad_tol[0], atol=grad_tol[1])
+            torch.testing.assert_close(gb.cpu(), ga.cpu(), rtol=grad_tol[0], atol=grad_tol[1])
         first.outer_step()
         second.outer_step()
     return plain

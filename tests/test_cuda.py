@@ -1,5 +1,5 @@
-"""The distillation on a GPU computes what it computes on the CPU, and the ordinary
-inner steps replayed from CUDA graphs are the eager steps.
+"""The distillation on a GPU computes what it computes on the CPU, and the inner steps
+replayed from CUDA graphs (ordinary steps; window and outer objective) are the eager ones.
 
 The comparisons need a GPU (CI has none: they run where one is lent, see
 bench/gpu.sh); the refusal without one runs everywhere."""
@@ -44,9 +44,11 @@ def test_cuda_graphs_are_refused_for_the_reference_backend():
 
 @needs_cuda
 @pytest.mark.parametrize("objective", ["inner", "kl-all"])
-def test_graphed_ordinary_steps_give_the_eager_meta_gradient(objective):
-    # Without dropout the replays run the eager steps' kernels on the same values.
-    settings = dict(inner_steps=12, inner_objective=objective, device="cuda")
+@pytest.mark.parametrize("real_chunk", [8192, 40], ids=["whole", "in-chunks"])
+def test_graphed_steps_give_the_eager_meta_gradient(objective, real_chunk):
+    # Without dropout the replays run the eager steps' kernels on the same values:
+    # the ordinary steps' graphs and the window's (with the outer objective).
+    settings = dict(inner_steps=12, inner_objective=objective, real_chunk=real_chunk, device="cuda")
     eager = distiller(NO_DROPOUT, **settings)
     graphed = distiller(NO_DROPOUT, **settings, cuda_graphs=True)
     # the first step builds the graphs, the later ones replay them
@@ -54,6 +56,8 @@ def test_graphed_ordinary_steps_give_the_eager_meta_gradient(objective):
         eager, graphed, steps=3, loss_tol=(1e-5, 1e-7), grad_tol=(1e-4, 1e-7)
     )
     assert graphed._graphed is not None and any(plain)
+    window = graphed._window_graph
+    assert window is not None and window.graph is not None and window.graph.graph is not None
 
 
 @needs_cuda

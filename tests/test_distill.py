@@ -17,7 +17,7 @@ from safetensors.torch import save as save_tensors
 from td3core import distill as distill_module
 from td3core.config import TrainConfig
 from td3core.data.sampling import packed_rows
-from td3core.distill import REAL_ROWS_STREAM, fit_to_items, seed_for
+from td3core.distill import REAL_ROWS_STREAM, WindowReplay, fit_to_items, seed_for
 from td3core.errors import Cancelled, ConfigError, DataError
 from td3core.learner import train_on_summary
 from td3core.optim import AdamState
@@ -113,6 +113,40 @@ def _largest_saved_batch(d) -> int:
 def test_a_real_batch_read_in_chunks_never_holds_the_whole_batch():
     assert _largest_saved_batch(distiller(NO_DROPOUT, real_batch=90)) >= 90
     assert _largest_saved_batch(distiller(NO_DROPOUT, real_batch=90, real_chunk=40)) <= 40
+
+
+@pytest.mark.parametrize("real_chunk", [8192, 40], ids=["whole", "in-chunks"])
+@pytest.mark.parametrize("objective", ["inner", "kl-all"])
+def test_the_replayed_windows_code_gives_the_eager_meta_gradient(real_chunk, objective):
+    # What the CUDA graph replays (tests/test_cuda.py captures it on a GPU), run eagerly:
+    # static inputs refilled every step, Adam's step count a device scalar, the factors'
+    # gradient taken inside and handed back through a surrogate loss. An epoch's last,
+    # smaller real batch runs the eager window, and the next whole one replays again.
+    settings = dict(real_batch=90, real_chunk=real_chunk, inner_objective=objective, inner_steps=9)
+    with default_dtype(torch.float64):
+        eager = distiller(NO_DROPOUT, **settings)
+        replayed = distiller(NO_DROPOUT, **settings)
+        replayed._window_graph = WindowReplay(
+            replayed._window_outputs, real_batch=90, capture=False
+        )
+        replayed_at = set()
+        original = WindowReplay.__call__
+
+        def spy(self, *args):
+            replayed_at.add(replayed.step)
+            return original(self, *args)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(WindowReplay, "__call__", spy)
+            assert_same_meta_steps(
+                eager,
+                replayed,
+                steps=replayed.steps_per_epoch + 1,
+                loss_tol=(1e-12, 1e-14),
+                grad_tol=(1e-9, 1e-14),
+            )
+    last = replayed.steps_per_epoch - 1  # the epoch's smaller batch
+    assert replayed_at == set(range(replayed.steps_per_epoch + 1)) - {last}
 
 
 @pytest.mark.parametrize(
