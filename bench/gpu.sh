@@ -31,13 +31,14 @@ stage() {
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >>"$out/tables.md"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     >>"$out/tables.md" 2>&1
-stage cuda-tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
-stage engines 180 python3 bench/speed.py --device "$device" --steps 4 --cuda-graphs \
+stage cuda-tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+# ML-1M's shape [200x100] (synthetic data): eager and graphed, a profiled step of each
+stage ml-1m-shape 80 python3 bench/speed.py --device "$device" --sweep ml-1m-shape --steps 3 \
+    --cuda-graphs --profile --json "$out/ml1m-shape.json"
+stage engines 75 python3 bench/speed.py --device "$device" --steps 3 --cuda-graphs \
     --json "$out/engines.json"
-stage ml-1m 210 python3 bench/speed.py --device "$device" --end-to-end ml-1m --size 200x100 \
-    --cuda-graphs --time-limit 180 --data-root "$data" --json "$out/e2e-ml1m.json"
-stage items 120 python3 bench/speed.py --device "$device" --sweep items --steps 3 \
+stage items-large 60 python3 bench/speed.py --device "$device" --sweep items-large --steps 2 \
     --json "$out/items.json"
-stage magazine 100 python3 bench/speed.py --device "$device" --end-to-end magazine \
-    --cuda-graphs --time-limit 90 --data-root "$data" --json "$out/e2e-magazine.json"
+stage ml-1m 160 python3 bench/speed.py --device "$device" --end-to-end ml-1m --size 200x100 \
+    --cuda-graphs --time-limit 150 --data-root "$data" --json "$out/e2e-ml1m.json"
 cat "$out/tables.md"

@@ -19,6 +19,7 @@ recorded. Per inner step: outer-step time / (plain steps + W), all included.
 from __future__ import annotations
 
 import argparse
+import bisect
 import ctypes
 import dataclasses
 import importlib
@@ -115,19 +116,27 @@ ML1M = Case(
 )
 ENGINES = ("func", "higher")
 GRAPHS = "func+graphs"  # the fast engine with its ordinary steps in CUDA graphs (GPU only)
+GRAPHED_SWEEPS = ("engines", "ml-1m-shape")  # where --cuda-graphs adds GRAPHS
 # Catalogue sweeps: short inner loops (10 steps, window 5) so 1M items stays minutes on a
 # CPU; above `item_chunk` items (default 16,384) the distillation reads items in chunks.
 LARGE = dataclasses.replace(MAGAZINE, inner_steps=10, window=5)
 HUNDRED_K = dataclasses.replace(LARGE, items=100_000, users=10_000)
+
+
+def catalogue(items: int) -> Case:
+    return dataclasses.replace(
+        LARGE, name=f"items={items}", items=items, users=max(665, items // 10)
+    )
+
+
 SWEEPS: dict[str, list[Case]] = {
     "engines": [
         dataclasses.replace(MAGAZINE, engines=ENGINES),
         dataclasses.replace(ML100K, engines=ENGINES),
     ],
-    "items": [
-        dataclasses.replace(LARGE, name=f"items={n}", items=n, users=max(665, n // 10))
-        for n in (1_000, 10_000, 100_000, 1_000_000)
-    ],
+    "items": [catalogue(n) for n in (1_000, 10_000, 100_000, 1_000_000)],
+    "items-large": [catalogue(n) for n in (100_000, 1_000_000)],  # a lent GPU's short time
+    "ml-1m-shape": [ML1M],
     "chunk": [
         dataclasses.replace(HUNDRED_K, name=f"chunk={c}", item_chunk=c)
         for c in (1_024, 4_096, 16_384)
@@ -198,6 +207,48 @@ def quick_teacher(
 ) -> Teacher:
     recipe = TrainConfig(max_steps=8, eval_every=8, batch_size=256)
     return train_teacher(split, negatives, model, recipe, pool_epochs=(1, 3), device=device)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def profile_outer_step(distiller: Distiller, device: torch.device) -> dict[str, Any]:
+    """One outer step under torch's profiler, per phase of `Distiller` (its `td3.*`
+    ranges): host time (the main thread's, which waits for autograd's own thread),
+    and the device operations that started while the phase ran on the host, with their
+    time. Host time far above device time = launch-bound. Device work queued behind
+    the host is counted in the phase that follows (approximate at the boundaries);
+    the profiler's overhead inflates host times: compare phases, not runs."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        started = time.perf_counter()
+        distiller.outer_step()  # ends with .item(): synchronised
+        wall = time.perf_counter() - started
+    events = prof.events()
+    ranges = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in events
+        if e.name.startswith("td3.") and e.device_type == torch.autograd.DeviceType.CPU
+    )
+    phases = {
+        name: {"calls": 0, "host_ms": 0.0, "device_ops": 0, "device_ms": 0.0}
+        for name in ["before the phases", *(name for _, _, name in ranges)]
+    }
+    for begin, end, name in ranges:
+        phases[name]["calls"] += 1
+        phases[name]["host_ms"] += (end - begin) / 1000
+    starts = [begin for begin, _, _ in ranges]
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CPU or e.name.startswith("td3."):
+            continue
+        at = bisect.bisect_right(starts, e.time_range.start) - 1
+        phase = phases[ranges[at][2] if at >= 0 else "before the phases"]
+        phase["device_ops"] += 1
+        phase["device_ms"] += e.time_range.elapsed_us() / 1000
+    return {"wall_ms": 1000 * wall, "phases": phases}
 
 
 def host_syncs(distiller: Distiller) -> dict[str, int]:
@@ -287,14 +338,19 @@ def measure(
     threads: int,
     baseline: str | None = None,
     checks: bool = True,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Runs in a child: time `steps` outer steps of each engine (alternating).
     Engine "baseline" is the previous code's default engine, exported to `baseline`.
     `checks`: also list the host syncs (CUDA) and compare the engines' meta-gradients
-    (off in the children that only measure one engine's memory)."""
+    (off in the children that only measure one engine's memory). `profile`: then one
+    more outer step of each engine under the profiler (`profile_outer_step`)."""
     torch.set_num_threads(threads)
+    log(f"{case.name} {'/'.join(case.engines)}: data")
     split, negatives = synthetic_split(case)
+    log(f"{case.name}: teacher")
     teacher = quick_teacher(split, negatives, device)
+    log(f"{case.name}: distillers")
     dev = torch.device(device)
     distillers = {
         engine: baseline_distiller(baseline, case, split, teacher, device)
@@ -319,13 +375,19 @@ def measure(
     times: dict[str, list[float]] = {e: [] for e in case.engines}
     cpu: dict[str, list[float]] = {e: [] for e in case.engines}
     plain: list[float] = []
+    log(f"{case.name}: {steps} timed outer steps after one to warm up")
+    # CUDA resets its peak per engine step, so each engine's peak comes from this child
+    peaks = dict.fromkeys(case.engines, 0.0)
     for step in range(steps + 1):  # step 0 warms up (allocator, lazy init)
         for engine, d in distillers.items():
+            if dev.type == "cuda":
+                reset_peak_memory(dev)
             started, started_cpu = time.perf_counter(), time.thread_time()
             losses = d.outer_step()  # ends with .item(): synchronised
             if step:
                 times[engine].append(time.perf_counter() - started)
                 cpu[engine].append(time.thread_time() - started_cpu)
+            peaks[engine] = max(peaks[engine], peak_memory_mb(dev))
         if step:
             plain.append(losses["plain_steps"])
     out: dict[str, Any] = {
@@ -348,8 +410,13 @@ def measure(
             "outer_cpu_mean_s": float(np.mean(cpu[engine])),
             "inner_step_ms": 1000 * float(np.sum(t) / inner_steps),
         }
-    out["peak_memory_mb"] = peak_memory_mb(dev)
+    out["peak_memory_mb"] = max(peaks.values())
+    out["peak_memory_by_engine_mb"] = peaks
     out["memory_before_distill_mb"] = before
+    if profile:
+        log(f"{case.name}: profiling")
+        out["profile"] = {e: profile_outer_step(d, dev) for e, d in distillers.items()}
+    log(f"{case.name}: checks")
     if checks and dev.type == "cuda":
         out["host_syncs"] = host_syncs(next(iter(distillers.values())))
     if checks and set(ENGINES) <= set(case.engines):  # after the peak: not timed
@@ -544,6 +611,24 @@ def speed_table(title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(row: dict[str, Any]) -> str:
+    lines = [
+        f"\nOne profiled outer step, {row['case']['name']}: per phase, host ms / device "
+        "ops / device ms (the operations that started during the phase)",
+        "",
+        "| engine | wall (ms) | phases |",
+        "|---|---|---|",
+    ]
+    for engine, p in row["profile"].items():
+        phases = "; ".join(
+            f"{name.removeprefix('td3.')} {v['host_ms']:.0f} / {v['device_ops']} / "
+            f"{v['device_ms']:.0f}"
+            for name, v in p["phases"].items()
+        )
+        lines.append(f"| {engine} | {p['wall_ms']:.0f} | {phases} |")
+    return "\n".join(lines)
+
+
 def end_to_end_table(row: dict[str, Any]) -> str:
     s, peaks = row["seconds"], row["peak_memory_by_phase_mb"]
     mu, zeta = row["size"]
@@ -609,6 +694,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"engines sweep: also time {GRAPHS!r}, the ordinary steps replayed from CUDA "
         "graphs; end to end: distil with them",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one outer step per engine: host and device time per phase",
+    )
     p.add_argument("--json", type=Path, help="write the measurements here")
     p.add_argument(
         "--baseline",
@@ -648,17 +738,28 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] {sweep}: {case.name}", file=sys.stderr)
                 if baseline and sweep == "engines":
                     case = dataclasses.replace(case, engines=(*case.engines, "baseline"))
-                if args.cuda_graphs and sweep == "engines":
+                if args.cuda_graphs and sweep in GRAPHED_SWEEPS:
                     case = dataclasses.replace(case, engines=(*case.engines, GRAPHS))
-                row = in_child(measure, case, args.steps, args.device, args.threads, baseline)
-                # Memory per engine: each alone in a child (CPU peak RSS only grows).
+                row = in_child(
+                    measure,
+                    case,
+                    args.steps,
+                    args.device,
+                    args.threads,
+                    baseline,
+                    True,
+                    args.profile,
+                )
+                # Memory per engine: CUDA's peaks were reset per engine; on the CPU each
+                # engine runs alone in a child (peak RSS only grows).
                 row["memory"] = {}
-                if len(case.engines) == 1:  # it ran alone already
-                    row["memory"][case.engines[0]] = {
-                        "peak_memory_mb": row["peak_memory_mb"],
-                        "distill_mb": row["peak_memory_mb"] - row["memory_before_distill_mb"],
-                    }
-                for engine in case.engines if len(case.engines) > 1 else ():
+                if len(case.engines) == 1 or args.device != "cpu":
+                    for engine, peak in row["peak_memory_by_engine_mb"].items():
+                        row["memory"][engine] = {
+                            "peak_memory_mb": peak,
+                            "distill_mb": peak - row["memory_before_distill_mb"],
+                        }
+                for engine in case.engines if not row["memory"] else ():
                     alone = dataclasses.replace(case, engines=(engine,))
                     m = in_child(measure, alone, 1, args.device, args.threads, baseline, False)
                     row["memory"][engine] = {
@@ -671,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             report[sweep] = rows
             print(speed_table(f"{sweep} ({args.device}, {args.threads} thread(s))", rows))
             for row in rows:
+                if "profile" in row:
+                    print(profile_table(row))
                 if "host_syncs" in row:
                     name = row["case"]["name"]
                     print(f"\nhost syncs in one outer step, {name}: {row['host_syncs']}")
