@@ -4,8 +4,8 @@ On a GPU an inner step of the paper's small learner is many small kernels on ten
 a few thousand elements, and eager PyTorch spends its time launching them, not in them:
 one H200 took about 4.7 ms per ordinary step whatever the problem's size, and an outer
 step of the ML-1M shape ran about 33,700 device operations, busy for 132 ms of a
-profiled 1.29 s (bench/README.md, "On one H200"). A CUDA graph records the kernels once and replays them
-with a single launch.
+profiled 1.29 s (bench/README.md, "On one H200"). A CUDA graph records the kernels
+once and replays them with a single launch.
 
 Two kinds of graph, both reading and writing static buffers that the caller fills:
 - `GraphedPlainSteps`: one graph per synthetic batch for the ordinary steps (the steps
