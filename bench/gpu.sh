@@ -4,12 +4,15 @@
 # deadline; tables to OUT/tables.md, progress and errors to OUT/log.txt, measurements to
 # OUT/*.json (at most 8 files come back from a device call: keep to these).
 #
-#   bench/gpu.sh OUT [DATA_ROOT] [SECONDS]      # DATA_ROOT default ../shared/data
-#   DEVICE=cpu bench/gpu.sh /tmp/out "" 60       # a dry run of the script itself
+#   bench/gpu.sh OUT [DATA_ROOT] [SECONDS] [SUITE]   # DATA_ROOT default ../shared/data
+#   DEVICE=cpu bench/gpu.sh /tmp/out "" 60            # a dry run of the script itself
+# SUITE: "speed" (default: the speed issue's rows) or "fidelity" (ML-1M [200x100] at paper
+# scale, 30 epochs, one distillation seed, SASRec: bench/README.md's quality tables).
 set -u
-out=${1:?usage: bench/gpu.sh OUT [DATA_ROOT] [SECONDS]}
+out=${1:?usage: bench/gpu.sh OUT [DATA_ROOT] [SECONDS] [SUITE]}
 data=${2:-../shared/data}
 deadline=$((SECONDS + ${3:-540}))
+suite=${4:-speed}
 device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
@@ -32,6 +35,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >>
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     >>"$out/tables.md" 2>&1
 stage cuda-tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+if [[ $suite == fidelity ]]; then
+    stage ml-1m-30-epochs 900 python3 bench/reproduce.py --dataset ml-1m --data-root "$data" \
+        --device "$device" --cuda-graphs --epochs 30 --distill-seeds 1 --sample-seeds 1 \
+        --learners sasrec --json "$out/ml1m-30ep.json"
+    cat "$out/tables.md"
+    exit
+fi
 # ML-1M's shape [200x100] (synthetic data): eager and graphed, a profiled step of each
 stage ml-1m-shape 80 python3 bench/speed.py --device "$device" --sweep ml-1m-shape --steps 3 \
     --cuda-graphs --profile --json "$out/ml1m-shape.json"

@@ -212,8 +212,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-paper-compatible", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="distil with the inner loop replayed from CUDA graphs (a CUDA device only)",
+    )
     p.add_argument("--json", type=Path, help="save everything (settings, runs, tables) here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        p.error("--cuda-graphs needs a CUDA --device")  # before an hour of teacher training
+    return args
 
 
 def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
@@ -230,10 +238,10 @@ def job_config(args: argparse.Namespace, spec: DatasetSpec) -> JobConfig:
 
 # ------------------------------------------------------------------- running
 def distill_one(
-    bench: Experiment, job: JobConfig, teacher: Any, seed: int
+    bench: Experiment, job: JobConfig, teacher: Any, seed: int, cuda_graphs: bool
 ) -> tuple[Summary, dict[str, Any]]:
     cfg: DistillConfig = job.distill.model_copy(update={"seed": seed})
-    distiller = bench.distiller(cfg, teacher)
+    distiller = bench.distiller(cfg, teacher, cuda_graphs=cuda_graphs)
     bar = tqdm(total=distiller.total_steps, desc=f"distill seed {seed}", file=sys.stderr)
 
     def on_progress(p: DistillProgress) -> None:
@@ -277,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "td3" not in skip:
         for seed in distill_seeds:
             phases.start(f"distillation seed {seed}")
-            summary, info = distill_one(bench, job, teacher, seed)
+            summary, info = distill_one(bench, job, teacher, seed, args.cuda_graphs)
             phases.stop()
             summaries.append(summary)
             distillations.append(info)

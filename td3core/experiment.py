@@ -163,11 +163,17 @@ class Experiment:
         return teacher, reuse
 
     def distiller(
-        self, distill: DistillConfig, teacher: Teacher, *, state: bytes | None = None
+        self,
+        distill: DistillConfig,
+        teacher: Teacher,
+        *,
+        state: bytes | None = None,
+        cuda_graphs: bool = False,
     ) -> Distiller:
         """A Distiller that keeps the summary whose fresh learner (the summary recipe
         capped at `select_steps`, trained with the distillation's inner objective)
-        scores best on validation; `state` continues a checkpointed run."""
+        scores best on validation; `state` continues a checkpointed run.
+        `cuda_graphs`: replay the inner loop from CUDA graphs (`Distiller`)."""
         recipe = train_config_for_selection(self.summary_recipe, distill.select_steps)
 
         def select(summary: Summary) -> float:
@@ -191,6 +197,7 @@ class Experiment:
             select=select,
             device=self.device,
             state=state,
+            cuda_graphs=cuda_graphs,
         )
 
 
