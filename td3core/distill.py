@@ -439,7 +439,7 @@ class Distiller:
             if self._reference is None:
                 # a fresh inner Adam every outer step, also where the learner is carried
                 start = self._inner_loop(params, AdamState.zeros_like(params), plain, gen)
-                carry = self.learner.layout.views(start.theta)
+                carry = self.learner.layout.views(start.theta.detach())
                 positions = self._alt_positions(cfg.window, gen)
                 parts = self._real_parts(real)
                 if self._window_graph is not None and self._window_graph.fits(parts):
@@ -565,10 +565,8 @@ class Distiller:
         loss a surrogate with the exact value and gradient w.r.t. the factors."""
         assert self._window_graph is not None
         with record_function("td3.window_replayed"):
-            outputs = self._window_graph(start, positions, parts)
-            loss, ce, fsa, *grads = (
-                out.clone() for out in outputs
-            )  # the next replay rewrites them
+            # copies: the next replay rewrites the outputs in place
+            loss, ce, fsa, *grads = (t.clone() for t in self._window_graph(start, positions, parts))
         factors = list(self.summary.parameters())
         linear = torch.stack([(g * f).sum() for g, f in zip(grads, factors, strict=True)]).sum()
         return loss + linear - linear.detach(), ce, fsa
