@@ -12,9 +12,12 @@ from helpers_distill import (
     assert_same_meta_steps,
     default_dtype,
     distiller,
+    tiny_split,
 )
 
 from td3core.errors import ConfigError
+from td3core.evaluation import evaluate
+from td3core.models.sasrec import SASRec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -76,3 +79,16 @@ def test_graphed_steps_with_dropout_are_seeded_and_resume_alike():
     for name, value in whole.items():
         assert torch.isfinite(value).all()
         assert torch.equal(value, resumed[name]), name
+
+
+@needs_cuda
+def test_evaluation_ranks_on_the_gpu_as_on_the_cpu():
+    # Ranks are computed where the scores are (only ranks leave the device).
+    split, negatives = tiny_split()
+    torch.manual_seed(0)
+    model = SASRec.from_config(split.n_items, split.max_len, NO_DROPOUT)
+    on_cpu = evaluate(model, split.valid, split, negatives)
+    on_gpu = evaluate(model.cuda(), split.valid, split, negatives)
+    assert on_gpu.keys() == on_cpu.keys() == {"uni100", "full"}
+    for protocol, metrics in on_cpu.items():
+        assert on_gpu[protocol] == pytest.approx(metrics, abs=1e-9), protocol
