@@ -236,8 +236,9 @@ class Distiller:
         cuda_graphs: bool = False,
     ):
         """`state`, from `state_bytes`, continues that run (without redoing the start).
-        `cuda_graphs`: replay the ordinary inner steps from CUDA graphs (experimental,
-        td3core.graphs; CUDA, the fast engine and catalogues read whole only)."""
+        `cuda_graphs`: replay the inner loop from CUDA graphs (opt-in, td3core.graphs:
+        the ordinary steps, then the window with the outer objective and its gradient;
+        CUDA, the fast engine and catalogues read whole only)."""
         if not teacher.pool:
             raise ConfigError("the teacher has no checkpoint pool to draw learners from")
         if config.length - 1 > split.max_len:
