@@ -22,7 +22,9 @@ present. Not used unless asked for (`Distiller(..., cuda_graphs=True)`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -30,6 +32,7 @@ from torch import Tensor
 from td3core.inner import ALT_FIRST_POSITION, BoundLearner, SoftSequences, inner_loss
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as torch.cuda.graph asks
+T = TypeVar("T")
 
 
 class GraphedPlainSteps:
@@ -127,23 +130,8 @@ class GraphedPlainSteps:
         self.optimizer.step()
 
     def _capture(self) -> None:
-        # The warm-up draws dropout masks: fork the RNG so that capturing (done once,
-        # at whichever step a run or a resumed run starts) leaves no trace in the draws.
-        with torch.random.fork_rng(devices=[self.theta.device]):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    for k in range(len(self.batches)):
-                        self._step(k)
-            torch.cuda.current_stream().wait_stream(side)
-            pool = None
-            for k in range(len(self.batches)):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._step(k)
-                pool = graph.pool()
-                self.graphs.append(graph)
+        steps = [functools.partial(self._step, k) for k in range(len(self.batches))]
+        self.graphs = [graph for graph, _ in _captured(steps, self.theta.device)]
 
 
 class GraphedFunction:
@@ -151,9 +139,8 @@ class GraphedFunction:
 
     `fn` must read only tensors that outlive it (static inputs, which the caller
     refills between calls) and must not write to them; it returns tensors, which
-    every replay rewrites in place. The first call warms up on a side stream and
-    captures; like `GraphedPlainSteps`, it forks the RNG so that capturing leaves
-    no trace in the draws."""
+    every replay rewrites in place. The first call warms up and captures
+    (`_captured`, as for `GraphedPlainSteps`)."""
 
     def __init__(self, fn: Callable[[], list[Tensor]], *, capture: bool):
         self.fn = fn
@@ -165,16 +152,33 @@ class GraphedFunction:
         if not self.capture:
             return self.fn()
         if self.graph is None:
-            with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(WARMUP_STEPS):
-                        self.fn()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self.outputs = self.fn()
-            self.graph = graph
+            ((self.graph, self.outputs),) = _captured([self.fn], torch.cuda.current_device())
         self.graph.replay()
         return self.outputs
+
+
+def _captured(
+    steps: Sequence[Callable[[], T]], device: torch.device | int
+) -> list[tuple[torch.cuda.CUDAGraph, T]]:
+    """Each of `steps` captured in a CUDA graph of its own (all in one memory pool, so
+    they replay one at a time), after WARMUP_STEPS rounds of them on a side stream, as
+    torch.cuda.graph asks. The warm-up draws dropout masks: the RNG is forked so that
+    capturing (done once, at whichever step a run or a resumed run starts) leaves no
+    trace in the draws. Returns each graph with what its step returned at capture."""
+    with torch.random.fork_rng(devices=[device]):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                for step in steps:
+                    step()
+        torch.cuda.current_stream().wait_stream(side)
+        captured: list[tuple[torch.cuda.CUDAGraph, T]] = []
+        pool = None
+        for step in steps:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                result = step()
+            pool = graph.pool()
+            captured.append((graph, result))
+    return captured
