@@ -131,6 +131,14 @@ class WindowInputs(NamedTuple):
     parts: list[RealPart]
 
 
+def with_gradient(value: Tensor, tensors: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """`value` (detached) as a loss whose gradient w.r.t. each of `tensors` is the
+    matching `grads`: value + g . t - (g . t).detach(). For a gradient computed
+    apart (in chunks, or inside a replayed graph) that must reach earlier tensors."""
+    linear = torch.stack([(g * t).sum() for g, t in zip(grads, tensors, strict=True)]).sum()
+    return value.detach() + linear - linear.detach()
+
+
 @contextmanager
 def parameters_replaced(module: nn.Module, tensors: dict[str, Tensor]) -> Iterator[None]:
     """`module`'s own (top-level) parameters read as `tensors` inside the block."""
@@ -568,9 +576,7 @@ class Distiller:
         with record_function("td3.window_replayed"):
             # copies: the next replay rewrites the outputs in place
             loss, ce, fsa, *grads = (t.clone() for t in self._window_graph(start, positions, parts))
-        factors = list(self.summary.parameters())
-        linear = torch.stack([(g * f).sum() for g, f in zip(grads, factors, strict=True)]).sum()
-        return loss + linear - linear.detach(), ce, fsa
+        return with_gradient(loss, list(self.summary.parameters()), grads), ce, fsa
 
     def _window_outputs(self, inputs: WindowInputs) -> list[Tensor]:
         """What the replayed window computes from its static inputs: the outer loss,
@@ -767,8 +773,10 @@ class Distiller:
                 if grad is not None:
                     grads[name] += grad
             ce, fsa = ce + share * part_ce.detach(), fsa + share * part_fsa.detach()
-        linear = torch.stack([(params[name] * grads[name]).sum() for name in params]).sum()
-        return self._combine(ce, fsa) + linear - linear.detach(), ce, fsa
+        loss = with_gradient(
+            self._combine(ce, fsa), list(params.values()), [grads[name] for name in params]
+        )
+        return loss, ce, fsa
 
     def _outer_loss(self, model: SASRec, part: RealPart, *, fast: bool) -> tuple[Tensor, Tensor]:
         """CE of the next item + FSA on the real samples `part`. fast: the outer
