@@ -115,7 +115,7 @@ ML1M = Case(
     synthetic_batch=25,
 )
 ENGINES = ("func", "higher")
-GRAPHS = "func+graphs"  # the fast engine with its ordinary steps in CUDA graphs (GPU only)
+GRAPHS = "func+graphs"  # the fast engine with its inner loop replayed from CUDA graphs (GPU)
 GRAPHED_SWEEPS = ("engines", "ml-1m-shape")  # where --cuda-graphs adds GRAPHS
 # Catalogue sweeps: short inner loops (10 steps, window 5) so 1M items stays minutes on a
 # CPU; above `item_chunk` items (default 16,384) the distillation reads items in chunks.
