@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"note: {case.name}: {why}", file=sys.stderr)
                     rows.append({"case": dataclasses.asdict(case), "skipped": why})
                     continue
-                print(f"[{time.strftime('%H:%M:%S')}] {sweep}: {case.name}", file=sys.stderr)
+                log(f"{sweep}: {case.name}")
                 if baseline and sweep == "engines":
                     case = dataclasses.replace(case, engines=(*case.engines, "baseline"))
                 if args.cuda_graphs and sweep in GRAPHED_SWEEPS:
